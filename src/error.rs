@@ -1,0 +1,61 @@
+//! Errors with a SQLSTATE. Expected states (primary unreachable, settings
+//! incomplete) are values the worker logs and retries; SQL callers get them
+//! as ERRORs with the SQLSTATE below.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    #[error("could not connect to the primary server: {0}")]
+    Connect(String),
+    #[error("could not read replication slots from the primary server: {0}")]
+    RemoteQuery(String),
+    #[error("invalid connection settings in {origin}: {reason}")]
+    ConnInfo { origin: String, reason: String },
+    #[error("foreign server \"{0}\" named by sync_logical_slot.master_fdw does not exist")]
+    NoForeignServer(String),
+    #[error("no user mapping for foreign server \"{0}\"")]
+    NoUserMapping(String),
+    #[error("this server is not a standby")]
+    NotInRecovery,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            SyncError::Connect(_) => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            SyncError::RemoteQuery(_) => PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,
+            SyncError::ConnInfo { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            SyncError::NoForeignServer(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            SyncError::NoUserMapping(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            SyncError::NotInRecovery => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            SyncError::Connect(_) => Some(
+                "Check that the primary is running, that pg_hba.conf on the primary allows a replication connection to the worker's database, and the credentials.",
+            ),
+            SyncError::NoForeignServer(_) | SyncError::NoUserMapping(_) => Some(
+                "Run failover_logical_slot_init() on the primary, or set sync_logical_slot.primary_conninfo.",
+            ),
+            SyncError::NotInRecovery => Some("Run this on a standby server."),
+            _ => None,
+        }
+    }
+
+    /// For SQL callers: an ERROR with this variant's SQLSTATE and hint.
+    pub fn report(&self) -> ErrorReport {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "sync_logical_slot");
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report
+    }
+}

@@ -1,0 +1,152 @@
+//! sync_logical_slot: keeps the primary's logical replication slots
+//! failover-ready on its physical standbys (PostgreSQL 13-16).
+//!
+//! This file is the table of contents; see DESIGN.md for the contract.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+pub mod conninfo; // connection strings: parse, override, redact (pure)
+pub mod error; // SyncError and its SQLSTATEs
+pub mod guc; // settings, check hooks, typed accessors
+pub mod remote; // the primary connection and the remote slot query
+pub mod types; // Lsn, Xid, RemoteSlot, SlotFilter (pure)
+pub mod worker; // background worker registration and main loop
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: reading postmaster globals while the library is being loaded.
+    let (preloading, binary_upgrade) = unsafe {
+        (
+            pg_sys::process_shared_preload_libraries_in_progress,
+            pg_sys::IsBinaryUpgrade,
+        )
+    };
+    if !preloading {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "sync_logical_slot must be loaded via shared_preload_libraries",
+            "sync_logical_slot",
+        )
+        .set_hint(
+            "Add sync_logical_slot to shared_preload_libraries in postgresql.conf on the primary and on every standby, then restart the server.",
+        )
+        .report(PgLogLevel::ERROR);
+    }
+    if binary_upgrade {
+        return;
+    }
+    guc::init();
+    worker::register();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setting(name: &str, column: &str) -> Option<String> {
+        Spi::get_one::<String>(&format!(
+            "SELECT {column} FROM pg_catalog.pg_settings WHERE name = '{name}'"
+        ))
+        .expect("pg_settings query")
+    }
+
+    #[pg_test]
+    fn every_setting_has_its_default_and_context() {
+        let expect = [
+            ("sync_logical_slot.database", "postgres", "postmaster"),
+            ("sync_logical_slot.master_fdw", "", "sighup"),
+            ("sync_logical_slot.primary_conninfo", "", "sighup"),
+            ("sync_logical_slot.slot_names", "name_like:%", "sighup"),
+            ("sync_logical_slot.naptime", "1000", "sighup"),
+            ("sync_logical_slot.drop_extra_slots", "on", "sighup"),
+            ("sync_logical_slot.standby_slot_names", "", "sighup"),
+            (
+                "sync_logical_slot.standby_slots_min_confirmed",
+                "-1",
+                "sighup",
+            ),
+        ];
+        for (name, default, context) in expect {
+            assert_eq!(setting(name, "setting").as_deref(), Some(default), "{name}");
+            assert_eq!(setting(name, "context").as_deref(), Some(context), "{name}");
+        }
+        assert_eq!(
+            setting("sync_logical_slot.naptime", "unit").as_deref(),
+            Some("ms")
+        );
+        assert_eq!(
+            setting("sync_logical_slot.naptime", "min_val").as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            setting("sync_logical_slot.standby_slots_min_confirmed", "min_val").as_deref(),
+            Some("-1")
+        );
+    }
+
+    #[pg_test(error = "parameter \"sync_logical_slot.slot_names\" cannot be changed now")]
+    fn sighup_settings_cannot_be_set_in_a_session() {
+        Spi::run("SET sync_logical_slot.slot_names = 'x'").unwrap();
+    }
+
+    #[pg_test]
+    fn check_hooks_reject_malformed_values_and_say_why() {
+        use crate::guc::run_check_hook;
+        let e = run_check_hook("slot_names", "nam:foo").unwrap_err();
+        assert!(e.contains("unrecognized selector \"nam:\""), "{e}");
+        assert!(run_check_hook("slot_names", "a,,b").is_err());
+        assert!(run_check_hook("slot_names", "s1, name_like:cdc_%, plugin:pgoutput").is_ok());
+        assert!(run_check_hook("standby_slot_names", "Bad Name").is_err());
+        assert!(run_check_hook("standby_slot_names", "standby1,standby2").is_ok());
+        assert!(run_check_hook("database", "").is_err());
+        assert!(run_check_hook("master_fdw", &"x".repeat(64)).is_err());
+    }
+
+    #[pg_test]
+    fn primary_conninfo_is_validated_and_never_echoed() {
+        use crate::guc::run_check_hook;
+        // A malformed string is refused, and the value PostgreSQL would print is masked.
+        let e = run_check_hook("primary_conninfo", "host=h password='s3cret").unwrap_err();
+        assert!(e.contains("unterminated quoted string"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        // A valid one is accepted, but the visible value stays empty: reloads never log it.
+        let shown = run_check_hook("primary_conninfo", "host=h password=s3cret").unwrap();
+        assert_eq!(shown, "");
+        assert!(run_check_hook("primary_conninfo", "hots=h").is_err());
+    }
+
+    #[pg_test]
+    fn primary_conninfo_is_superuser_only() {
+        Spi::run("CREATE ROLE sls_plain LOGIN").unwrap();
+        Spi::run("SET ROLE sls_plain").unwrap();
+        let visible = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_catalog.pg_settings WHERE name = 'sync_logical_slot.primary_conninfo'",
+        )
+        .unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(
+            visible,
+            Some(0),
+            "a non-superuser must not see primary_conninfo"
+        );
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'sync_logical_slot'"]
+    }
+}

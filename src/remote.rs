@@ -1,0 +1,315 @@
+//! The connection to the primary and the remote slot query.
+//!
+//! The worker talks to the primary through PostgreSQL's own libpqwalreceiver
+//! (loaded on demand), as core's slot sync worker does: it waits on the
+//! process latch and socket, so SIGTERM ends the worker even in the middle of a
+//! connection attempt or a query. The connection is a `replication=database`
+//! one, so the same pg_hba.conf entry and role that serve the standby's
+//! walreceiver serve the worker. Every statement runs read-only with a
+//! timeout (see `conninfo::worker_conninfo`): the worker never writes on the
+//! primary.
+//!
+//! `exec` converts result columns with the types' input functions, which reads
+//! the catalog: callers run it inside a transaction.
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr::NonNull;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::FromDatum;
+
+use crate::conninfo::{ConnInfo, ConnSource, APPLICATION_NAME};
+use crate::error::SyncError;
+use crate::guc;
+use crate::types::{Lsn, RemoteSlot, Xid};
+
+/// The keywords of a connection string, from the source the settings choose.
+/// Reads the catalog for a foreign server: call inside a transaction.
+pub fn source_conninfo(source: &ConnSource) -> Result<ConnInfo, SyncError> {
+    let invalid = |reason: String| SyncError::ConnInfo {
+        origin: source.describe(),
+        reason,
+    };
+    match source {
+        ConnSource::Explicit => ConnInfo::parse(&guc::primary_conninfo()).map_err(invalid),
+        ConnSource::StandbyPrimaryConninfo => {
+            let text = guc::server_setting(c"primary_conninfo");
+            if text.trim().is_empty() {
+                return Err(invalid(
+                    "it is empty: set primary_conninfo, sync_logical_slot.primary_conninfo or sync_logical_slot.master_fdw".into(),
+                ));
+            }
+            ConnInfo::parse(&text).map_err(invalid)
+        }
+        ConnSource::ForeignServer(name) => foreign_server_conninfo(name),
+    }
+}
+
+/// Server options and user mapping options of a postgres_fdw server, as the
+/// libpq keywords among them (postgres_fdw's own options are left out). The
+/// mapping is the worker's own role's, or PUBLIC's.
+fn foreign_server_conninfo(name: &str) -> Result<ConnInfo, SyncError> {
+    let query = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_foreign_server WHERE srvname = {lit}),
+                (SELECT s.srvoptions FROM pg_catalog.pg_foreign_server s WHERE s.srvname = {lit}),
+                (SELECT um.umoptions FROM pg_catalog.pg_user_mapping um
+                   JOIN pg_catalog.pg_foreign_server s ON s.oid = um.umserver
+                  WHERE s.srvname = {lit}
+                    AND um.umuser IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))
+                  ORDER BY um.umuser DESC LIMIT 1),
+                EXISTS (SELECT 1 FROM pg_catalog.pg_user_mapping um
+                   JOIN pg_catalog.pg_foreign_server s ON s.oid = um.umserver
+                  WHERE s.srvname = {lit}
+                    AND um.umuser IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)))",
+        lit = pgrx::spi::quote_literal(name)
+    );
+    let (exists, server, mapping) = Spi::connect(|client| {
+        let row = client.select(&query, Some(1), &[])?.first();
+        let exists: Option<bool> = row.get(1)?;
+        let server: Option<Vec<Option<String>>> = row.get(2)?;
+        let mapping: Option<Vec<Option<String>>> = row.get(3)?;
+        let has_mapping: Option<bool> = row.get(4)?;
+        Ok::<_, pgrx::spi::Error>((
+            exists.unwrap_or(false),
+            server.unwrap_or_default(),
+            has_mapping
+                .unwrap_or(false)
+                .then(|| mapping.unwrap_or_default()),
+        ))
+    })
+    .map_err(|e| SyncError::ConnInfo {
+        origin: ConnSource::ForeignServer(name.to_string()).describe(),
+        reason: e.to_string(),
+    })?;
+    if !exists {
+        return Err(SyncError::NoForeignServer(name.to_string()));
+    }
+    let mapping = mapping.ok_or_else(|| SyncError::NoUserMapping(name.to_string()))?;
+    let mut info = ConnInfo::default();
+    for option in server.into_iter().chain(mapping).flatten() {
+        if let Some((k, v)) = option.split_once('=') {
+            if crate::conninfo::is_libpq_keyword(k) {
+                info.set(k, v);
+            }
+        }
+    }
+    Ok(info)
+}
+
+fn walrcv() -> &'static pg_sys::WalReceiverFunctionsType {
+    // SAFETY: libpqwalreceiver sets WalReceiverFunctions in its _PG_init; load_file
+    // raises an ERROR if the library cannot be loaded, so the pointer is set after it.
+    unsafe {
+        if pg_sys::WalReceiverFunctions.is_null() {
+            pg_sys::load_file(c"libpqwalreceiver".as_ptr(), false);
+        }
+        &*pg_sys::WalReceiverFunctions
+    }
+}
+
+/// One open connection to the primary, closed on drop.
+pub struct Primary {
+    conn: NonNull<pg_sys::WalReceiverConn>,
+}
+
+fn take_error(err: *mut c_char) -> String {
+    if err.is_null() {
+        return "unknown error".into();
+    }
+    // SAFETY: libpqwalreceiver returns a palloc'd NUL-terminated message.
+    let text = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    // libpq messages span lines ("connection to server ... failed: FATAL: ..."): keep one line.
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Primary {
+    /// Connects with the worker's connection string. Never logs it.
+    pub fn connect(conninfo: &ConnInfo) -> Result<Primary, SyncError> {
+        let text = CString::new(conninfo.to_conninfo())
+            .map_err(|_| SyncError::Connect("connection string contains a NUL byte".into()))?;
+        let appname = CString::new(APPLICATION_NAME).unwrap();
+        let connect = walrcv()
+            .walrcv_connect
+            .expect("libpqwalreceiver provides walrcv_connect");
+        let mut err: *mut c_char = std::ptr::null_mut();
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call;
+        // the function waits on our latch and processes interrupts while it connects.
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        let conn = unsafe { connect(text.as_ptr(), true, appname.as_ptr(), &mut err) };
+        #[cfg(feature = "pg16")]
+        let conn = unsafe { connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err) };
+        match NonNull::new(conn) {
+            Some(conn) => Ok(Primary { conn }),
+            None => Err(SyncError::Connect(take_error(err))),
+        }
+    }
+
+    /// Runs one query whose columns are all text; returns its rows. Call inside a transaction.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        ncols: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, SyncError> {
+        let exec = walrcv()
+            .walrcv_exec
+            .expect("libpqwalreceiver provides walrcv_exec");
+        let sql_c = CString::new(sql).expect("queries are static text");
+        let types = vec![pg_sys::TEXTOID; ncols];
+        // SAFETY: conn is open; sql and types outlive the call. The result is
+        // palloc'd in the current (transaction) memory context.
+        let res = unsafe {
+            exec(
+                self.conn.as_ptr(),
+                sql_c.as_ptr(),
+                ncols as i32,
+                types.as_ptr(),
+            )
+        };
+        if res.is_null() {
+            return Err(SyncError::RemoteQuery("no result".into()));
+        }
+        // SAFETY: res is a valid WalRcvExecResult until walrcv_clear_result.
+        let out = unsafe {
+            let r = &*res;
+            if r.status != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
+                let e = take_error(r.err);
+                pg_sys::walrcv_clear_result(res);
+                return Err(SyncError::RemoteQuery(e));
+            }
+            let slot = pg_sys::MakeSingleTupleTableSlot(r.tupledesc, &pg_sys::TTSOpsMinimalTuple);
+            let mut rows = Vec::new();
+            while pg_sys::tuplestore_gettupleslot(r.tuplestore, true, false, slot) {
+                pg_sys::slot_getsomeattrs_int(slot, ncols as i32);
+                let mut row = Vec::with_capacity(ncols);
+                for i in 0..ncols {
+                    let isnull = *(*slot).tts_isnull.add(i);
+                    let datum = *(*slot).tts_values.add(i);
+                    row.push(String::from_datum(datum, isnull));
+                }
+                rows.push(row);
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::walrcv_clear_result(res);
+            rows
+        };
+        Ok(out)
+    }
+
+    /// Every logical slot of the primary, in name order.
+    pub fn fetch_slots(&mut self) -> Result<Vec<RemoteSlot>, SyncError> {
+        let rows = self.query(REMOTE_SLOTS_QUERY, 8)?;
+        rows.into_iter().map(|r| parse_slot_row(&r)).collect()
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        if let Some(disconnect) = walrcv().walrcv_disconnect {
+            // SAFETY: conn is open and not used after this.
+            unsafe { disconnect(self.conn.as_ptr()) }
+        }
+    }
+}
+
+#[cfg(not(feature = "pg13"))]
+const REMOTE_SLOTS_QUERY: &str =
+    "SELECT slot_name::text, plugin::text, database::text, two_phase::text,
+        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status
+   FROM pg_catalog.pg_replication_slots
+  WHERE slot_type = 'logical' AND NOT temporary
+  ORDER BY slot_name";
+
+#[cfg(feature = "pg13")]
+const REMOTE_SLOTS_QUERY: &str = "SELECT slot_name::text, plugin::text, database::text, 'false',
+        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status
+   FROM pg_catalog.pg_replication_slots
+  WHERE slot_type = 'logical' AND NOT temporary
+  ORDER BY slot_name";
+
+/// One row of `REMOTE_SLOTS_QUERY`. Positions may be NULL (slot invalidated).
+pub fn parse_slot_row(row: &[Option<String>]) -> Result<RemoteSlot, SyncError> {
+    let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let bad = |e: String| {
+        SyncError::RemoteQuery(format!("unexpected value in pg_replication_slots: {e}"))
+    };
+    let lsn = |i: usize| -> Result<Lsn, SyncError> {
+        match row.get(i).cloned().flatten() {
+            None => Ok(Lsn::INVALID),
+            Some(s) => s.parse().map_err(bad),
+        }
+    };
+    Ok(RemoteSlot {
+        name: col(0),
+        plugin: col(1),
+        database: col(2),
+        two_phase: matches!(col(3).as_str(), "true" | "t"),
+        restart_lsn: lsn(4)?,
+        confirmed_flush_lsn: lsn(5)?,
+        catalog_xmin: match row.get(6).cloned().flatten() {
+            None => Xid::INVALID,
+            Some(s) => s.parse().map_err(bad)?,
+        },
+        wal_status: col(7),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    #[test]
+    fn parses_a_slot_row() {
+        let slot = parse_slot_row(&[
+            s("s1"),
+            s("pgoutput"),
+            s("app"),
+            s("true"),
+            s("0/1500028"),
+            s("0/1500060"),
+            s("745"),
+            s("reserved"),
+        ])
+        .unwrap();
+        assert_eq!(slot.name, "s1");
+        assert!(slot.two_phase);
+        assert_eq!(slot.restart_lsn, Lsn(0x1500028));
+        assert_eq!(slot.confirmed_flush_lsn, Lsn(0x1500060));
+        assert_eq!(slot.catalog_xmin, Xid(745));
+        assert!(!slot.is_invalidated());
+    }
+
+    #[test]
+    fn parses_an_invalidated_slot_row() {
+        let slot = parse_slot_row(&[
+            s("s2"),
+            s("test_decoding"),
+            s("app"),
+            s("false"),
+            None,
+            s("0/1500060"),
+            None,
+            s("lost"),
+        ])
+        .unwrap();
+        assert!(slot.is_invalidated());
+        assert_eq!(slot.catalog_xmin, Xid::INVALID);
+    }
+
+    #[test]
+    fn rejects_garbage_positions() {
+        let e = parse_slot_row(&[s("s"), s("p"), s("d"), s("f"), s("nope"), None, None, None]);
+        assert!(e.is_err());
+    }
+}

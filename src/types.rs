@@ -1,0 +1,346 @@
+//! Core vocabulary: WAL positions, transaction ids, the slot filter and what the
+//! primary tells us about one of its logical slots. Nothing here touches `pg_sys`,
+//! so all of it is covered by plain `#[test]`s.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A WAL position (`XLogRecPtr`). Prints and parses as PostgreSQL does: `%X/%08X`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const INVALID: Lsn = Lsn(0);
+
+    pub fn is_valid(self) -> bool {
+        self.0 != 0
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:08X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid LSN \"{s}\": expected the form X/X"))?;
+        let parse = |part: &str| {
+            if part.is_empty() || part.len() > 8 {
+                return Err(format!("invalid LSN \"{s}\""));
+            }
+            u32::from_str_radix(part, 16).map_err(|_| format!("invalid LSN \"{s}\""))
+        };
+        Ok(Lsn((u64::from(parse(hi)?) << 32) | u64::from(parse(lo)?)))
+    }
+}
+
+/// A 32-bit transaction id, compared as PostgreSQL does: modulo 2^32, so that
+/// "older" stays meaningful across wraparound. Ids below 3 are special
+/// (invalid, bootstrap, frozen) and precede every normal id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Xid(pub u32);
+
+impl Xid {
+    pub const INVALID: Xid = Xid(0);
+    const FIRST_NORMAL: u32 = 3;
+
+    pub fn is_valid(self) -> bool {
+        self.0 != 0
+    }
+
+    pub fn is_normal(self) -> bool {
+        self.0 >= Self::FIRST_NORMAL
+    }
+
+    /// `TransactionIdPrecedes`: is `self` logically older than `other`?
+    pub fn precedes(self, other: Xid) -> bool {
+        if !self.is_normal() || !other.is_normal() {
+            return self.0 < other.0;
+        }
+        (self.0.wrapping_sub(other.0) as i32) < 0
+    }
+
+    pub fn precedes_or_equals(self, other: Xid) -> bool {
+        self == other || self.precedes(other)
+    }
+}
+
+impl fmt::Display for Xid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Xid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<u32>()
+            .map(Xid)
+            .map_err(|_| format!("invalid transaction id \"{s}\""))
+    }
+}
+
+/// One logical slot as the primary reports it in `pg_replication_slots`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSlot {
+    pub name: String,
+    pub plugin: String,
+    pub database: String,
+    pub two_phase: bool,
+    pub restart_lsn: Lsn,
+    pub confirmed_flush_lsn: Lsn,
+    pub catalog_xmin: Xid,
+    /// `reserved`, `extended`, `unreserved`, `lost`, or empty when the slot holds no WAL.
+    pub wal_status: String,
+}
+
+impl RemoteSlot {
+    /// The primary can no longer decode from this slot: copying it is pointless.
+    pub fn is_invalidated(&self) -> bool {
+        self.wal_status == "lost" || !self.restart_lsn.is_valid()
+    }
+}
+
+/// One term of `sync_logical_slot.slot_names`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotSelector {
+    /// `name`: exactly this slot.
+    Name(String),
+    /// `name_like:PATTERN`: SQL LIKE on the slot name (`%` any run, `_` one character, `\` escapes).
+    NameLike(String),
+    /// `plugin:NAME`: every slot using this output plugin.
+    Plugin(String),
+}
+
+/// `sync_logical_slot.slot_names`: a slot is selected when any term matches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotFilter {
+    pub selectors: Vec<SlotSelector>,
+}
+
+/// The longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`).
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+
+impl SlotFilter {
+    pub const DEFAULT: &'static str = "name_like:%";
+
+    /// Parses a comma list of `name`, `name_like:PATTERN` and `plugin:NAME`.
+    /// White space around terms is ignored. An empty list selects nothing.
+    pub fn parse(text: &str) -> Result<SlotFilter, String> {
+        let mut selectors = Vec::new();
+        if text.trim().is_empty() {
+            return Ok(SlotFilter { selectors });
+        }
+        for raw in text.split(',') {
+            let term = raw.trim();
+            if term.is_empty() {
+                return Err(format!(
+                    "empty entry in slot list \"{text}\": remove the extra comma"
+                ));
+            }
+            let selector = match term.split_once(':') {
+                None => {
+                    validate_slot_name(term)?;
+                    SlotSelector::Name(term.to_string())
+                }
+                Some((kind, arg)) => {
+                    let arg = arg.trim();
+                    if arg.is_empty() {
+                        return Err(format!("\"{kind}:\" needs a value after the colon"));
+                    }
+                    match kind.trim() {
+                        "name_like" => {
+                            if arg.ends_with('\\') && !arg.ends_with("\\\\") {
+                                return Err(format!(
+                                    "pattern \"{arg}\" ends with an unfinished escape"
+                                ));
+                            }
+                            SlotSelector::NameLike(arg.to_string())
+                        }
+                        "plugin" => {
+                            if arg.len() > MAX_IDENTIFIER_LEN {
+                                return Err(format!("plugin name \"{arg}\" is too long"));
+                            }
+                            SlotSelector::Plugin(arg.to_string())
+                        }
+                        other => {
+                            return Err(format!(
+                                "unrecognized selector \"{other}:\" in \"{term}\": use a slot name, name_like:PATTERN or plugin:NAME"
+                            ))
+                        }
+                    }
+                }
+            };
+            selectors.push(selector);
+        }
+        Ok(SlotFilter { selectors })
+    }
+
+    pub fn selects(&self, name: &str, plugin: &str) -> bool {
+        self.selectors.iter().any(|s| match s {
+            SlotSelector::Name(n) => n == name,
+            SlotSelector::NameLike(p) => like(name, p),
+            SlotSelector::Plugin(p) => p == plugin,
+        })
+    }
+}
+
+/// `ReplicationSlotValidateName`'s rules: 1..63 characters of `[a-z0-9_]`.
+pub fn validate_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("replication slot name is empty".into());
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(format!("replication slot name \"{name}\" is too long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(format!(
+            "replication slot name \"{name}\" contains invalid character \"{c}\": slot names may only contain lower case letters, numbers and the underscore character"
+        ));
+    }
+    Ok(())
+}
+
+/// SQL `LIKE` with the default escape character `\`.
+pub fn like(text: &str, pattern: &str) -> bool {
+    fn go(t: &[char], p: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('%') => {
+                let rest = &p[1..];
+                (0..=t.len()).any(|i| go(&t[i..], rest))
+            }
+            Some('_') => !t.is_empty() && go(&t[1..], &p[1..]),
+            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && go(&t[1..], &p[2..]),
+            Some(c) => t.first() == Some(c) && go(&t[1..], &p[1..]),
+        }
+    }
+    let t: Vec<char> = text.chars().collect();
+    let p: Vec<char> = pattern.chars().collect();
+    go(&t, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_in_postgres_format() {
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(lsn, Lsn(0x16_B374_D848));
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert_eq!(Lsn(0x0000_0000_0100_0028).to_string(), "0/1000028");
+        assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn::INVALID);
+        assert!("16B374D848".parse::<Lsn>().is_err());
+        assert!("1/".parse::<Lsn>().is_err());
+        assert!("G/0".parse::<Lsn>().is_err());
+        assert!("123456789/0".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn lsn_orders_numerically() {
+        assert!("0/FFFFFFFF".parse::<Lsn>().unwrap() < "1/0".parse().unwrap());
+    }
+
+    #[test]
+    fn xid_precedes_is_wraparound_aware() {
+        assert!(Xid(100).precedes(Xid(200)));
+        assert!(!Xid(200).precedes(Xid(100)));
+        // 4_000_000_000 is "before" 10 once the counter has wrapped.
+        assert!(Xid(4_000_000_000).precedes(Xid(10)));
+        assert!(!Xid(10).precedes(Xid(4_000_000_000)));
+        // Special ids precede normal ones.
+        assert!(Xid(2).precedes(Xid(3)));
+        assert!(Xid::INVALID.precedes(Xid(4_000_000_000)));
+        assert!(Xid(7).precedes_or_equals(Xid(7)));
+        assert!(!Xid(7).precedes(Xid(7)));
+    }
+
+    #[test]
+    fn filter_parses_every_form() {
+        let f = SlotFilter::parse(" s1 , name_like:cdc_%, plugin:pgoutput").unwrap();
+        assert_eq!(
+            f.selectors,
+            vec![
+                SlotSelector::Name("s1".into()),
+                SlotSelector::NameLike("cdc_%".into()),
+                SlotSelector::Plugin("pgoutput".into()),
+            ]
+        );
+        assert!(f.selects("s1", "test_decoding"));
+        assert!(f.selects("cdc_orders", "wal2json"));
+        assert!(f.selects("other", "pgoutput"));
+        assert!(!f.selects("other", "test_decoding"));
+    }
+
+    #[test]
+    fn filter_default_selects_everything_and_empty_nothing() {
+        assert!(SlotFilter::parse(SlotFilter::DEFAULT)
+            .unwrap()
+            .selects("anything", "x"));
+        assert!(!SlotFilter::parse("").unwrap().selects("anything", "x"));
+    }
+
+    #[test]
+    fn filter_rejects_malformed_terms_with_reason() {
+        let e = SlotFilter::parse("nam:foo").unwrap_err();
+        assert!(e.contains("unrecognized selector \"nam:\""), "{e}");
+        assert!(SlotFilter::parse("a,,b")
+            .unwrap_err()
+            .contains("extra comma"));
+        assert!(SlotFilter::parse("plugin:")
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(SlotFilter::parse("Bad-Name")
+            .unwrap_err()
+            .contains("invalid character"));
+        assert!(SlotFilter::parse(&"x".repeat(64))
+            .unwrap_err()
+            .contains("too long"));
+        assert!(SlotFilter::parse("name_like:abc\\")
+            .unwrap_err()
+            .contains("escape"));
+    }
+
+    #[test]
+    fn like_follows_sql_semantics() {
+        assert!(like("abc", "a%"));
+        assert!(like("abc", "%c"));
+        assert!(like("abc", "a_c"));
+        assert!(!like("abc", "a_"));
+        assert!(like("a%c", "a\\%c"));
+        assert!(!like("abc", "a\\%c"));
+        assert!(like("", "%"));
+        assert!(!like("", "_"));
+    }
+
+    #[test]
+    fn invalidated_remote_slot_is_recognised() {
+        let mut s = RemoteSlot {
+            name: "s".into(),
+            plugin: "p".into(),
+            database: "d".into(),
+            two_phase: false,
+            restart_lsn: Lsn(1),
+            confirmed_flush_lsn: Lsn(1),
+            catalog_xmin: Xid(5),
+            wal_status: "reserved".into(),
+        };
+        assert!(!s.is_invalidated());
+        s.wal_status = "lost".into();
+        assert!(s.is_invalidated());
+        s.wal_status = "reserved".into();
+        s.restart_lsn = Lsn::INVALID;
+        assert!(s.is_invalidated());
+    }
+}

@@ -1,0 +1,415 @@
+//! The background worker: registration and the main loop.
+//!
+//! The loop is as short as core's: handle interrupts and reload, do one step,
+//! sleep on the latch. A step depends on what the server is:
+//! - a primary (or a promoted standby): nothing to sync; sleep until signalled;
+//! - a standby without `hot_standby_feedback` or `primary_slot_name`: say which
+//!   setting is missing in one LOG line, and wait for a reload;
+//! - a standby: connect to the primary (with backoff when it cannot), read its
+//!   logical slots, and sleep at most `sync_logical_slot.naptime`.
+//!
+//! SIGTERM uses PostgreSQL's own `die` handler, so that it also interrupts a
+//! connection attempt or query inside libpqwalreceiver; SIGHUP only sets
+//! `ConfigReloadPending`, handled at the top of the loop.
+
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::conninfo::{worker_conninfo, ConnSource};
+use crate::error::SyncError;
+use crate::guc;
+use crate::remote::{source_conninfo, Primary};
+use crate::types::RemoteSlot;
+
+/// `pg_stat_activity.backend_type` of the worker.
+pub const WORKER_TYPE: &str = "sync_logical_slot worker";
+/// How long the postmaster waits before restarting the worker after it exits with an error.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Reconnection backoff: first delay, doubled at each failure up to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library("sync_logical_slot")
+        .set_function("sync_logical_slot_worker_main")
+        .enable_spi_access()
+        // enable_spi_access() resets the start time: set it afterwards, so the
+        // worker also runs on a hot standby.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_DELAY))
+        .load();
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
+    // SAFETY: installing PostgreSQL's own handlers in a background worker, before
+    // unblocking signals, is what core's workers do.
+    unsafe {
+        pg_sys::pqsignal(
+            pg_sys::SIGHUP as i32,
+            Some(signals::SignalHandlerForConfigReload),
+        );
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(signals::die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
+    Worker::default().run()
+}
+
+/// PostgreSQL's own signal handlers, as raw C symbols (pg_sys wraps its
+/// functions in Rust guards, which cannot be installed as signal handlers).
+mod signals {
+    use std::ffi::c_int;
+    extern "C-unwind" {
+        pub fn die(postgres_signal_arg: c_int);
+        pub fn SignalHandlerForConfigReload(postgres_signal_arg: c_int);
+    }
+}
+
+/// What the worker last told the log about the server, so each state is said once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mode {
+    NotStandby,
+    MissingPrerequisites(Vec<&'static str>),
+    Standby,
+}
+
+#[derive(Default)]
+struct Worker {
+    mode: Option<Mode>,
+    primary: Option<Primary>,
+    /// The settings the connection was made from; a reload that changes them reconnects.
+    conn_settings: Vec<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Names of the selected remote slots, as last logged.
+    seen: Option<Vec<String>>,
+}
+
+impl Worker {
+    fn run(&mut self) -> ! {
+        self.conn_settings = connection_settings();
+        loop {
+            pgrx::check_for_interrupts!();
+            // SAFETY: ConfigReloadPending is a sig_atomic_t set by the SIGHUP handler.
+            if unsafe { pg_sys::ConfigReloadPending } != 0 {
+                unsafe {
+                    pg_sys::ConfigReloadPending = 0;
+                    pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+                }
+                self.reload();
+            }
+            let timeout = self.step();
+            wait_latch(timeout);
+        }
+    }
+
+    fn reload(&mut self) {
+        let now = connection_settings();
+        if now != self.conn_settings {
+            self.conn_settings = now;
+            // New settings: use them at once, and say what happens with them.
+            self.disconnect();
+            self.failures = 0;
+            self.retry_at = None;
+        }
+    }
+
+    /// One step; returns how long to sleep (None: until signalled).
+    fn step(&mut self) -> Option<Duration> {
+        // SAFETY: plain reads of shared state.
+        if !unsafe { pg_sys::RecoveryInProgress() } {
+            self.enter(Mode::NotStandby);
+            self.disconnect();
+            return None;
+        }
+        let missing = missing_prerequisites();
+        if !missing.is_empty() {
+            self.enter(Mode::MissingPrerequisites(missing));
+            self.disconnect();
+            // A reload wakes us; the timeout notices a promotion meanwhile.
+            return Some(guc::naptime());
+        }
+        self.enter(Mode::Standby);
+
+        if self.primary.is_none() {
+            if let Some(at) = self.retry_at {
+                let now = Instant::now();
+                if now < at {
+                    return Some(at - now);
+                }
+            }
+            let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
+            report_activity("connecting to the primary server");
+            match in_transaction(|| connect(&source)) {
+                Ok(p) => {
+                    self.primary = Some(p);
+                    log(
+                        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                        "sync_logical_slot worker connected to the primary server",
+                        Some(format!(
+                            "Connection settings come from {}.",
+                            source.describe()
+                        )),
+                        None,
+                    );
+                }
+                Err(e) => return Some(self.failed(e, &source)),
+            }
+        }
+
+        let primary = self.primary.as_mut().expect("connected above");
+        match in_transaction(|| primary.fetch_slots()) {
+            Ok(slots) => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.observe(slots);
+                Some(guc::naptime())
+            }
+            Err(e) => {
+                self.disconnect();
+                let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
+                Some(self.failed(e, &source))
+            }
+        }
+    }
+
+    fn failed(&mut self, e: SyncError, source: &ConnSource) -> Duration {
+        self.failures += 1;
+        let delay = backoff(self.failures);
+        self.retry_at = Some(Instant::now() + delay);
+        report_activity("waiting to reconnect to the primary server");
+        log(
+            e.sqlstate(),
+            &e.to_string(),
+            Some(format!(
+                "Connection settings come from {}. Attempt {} failed; the next one is in {} s.",
+                source.describe(),
+                self.failures,
+                delay.as_secs()
+            )),
+            e.hint(),
+        );
+        delay
+    }
+
+    fn observe(&mut self, slots: Vec<RemoteSlot>) {
+        let filter = guc::slot_filter();
+        let selected: Vec<String> = slots
+            .iter()
+            .filter(|s| filter.selects(&s.name, &s.plugin))
+            .map(|s| s.name.clone())
+            .collect();
+        report_activity(&format!(
+            "primary server has {} logical slot(s) selected for sync",
+            selected.len()
+        ));
+        if self.seen.as_ref() != Some(&selected) {
+            let detail = if selected.is_empty() {
+                format!(
+                    "The primary has {} logical slot(s); sync_logical_slot.slot_names = '{}' selects none of them.",
+                    slots.len(),
+                    guc::slot_names()
+                )
+            } else {
+                format!("Selected slots: {}.", selected.join(", "))
+            };
+            log(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                &format!(
+                    "primary server has {} logical slot(s) selected for sync",
+                    selected.len()
+                ),
+                Some(detail),
+                None,
+            );
+            self.seen = Some(selected);
+        }
+    }
+
+    fn disconnect(&mut self) {
+        self.primary = None;
+        self.seen = None;
+    }
+
+    /// Logs a change of mode, once.
+    fn enter(&mut self, mode: Mode) {
+        if self.mode.as_ref() == Some(&mode) {
+            return;
+        }
+        match &mode {
+            Mode::NotStandby => {
+                report_activity("idle: this server is not a standby");
+                let message = if matches!(
+                    self.mode,
+                    Some(Mode::Standby) | Some(Mode::MissingPrerequisites(_))
+                ) {
+                    "server is no longer in recovery: sync_logical_slot stops syncing slots"
+                } else {
+                    "sync_logical_slot worker is idle: this server is not a standby"
+                };
+                log(
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    message,
+                    None,
+                    None,
+                );
+            }
+            Mode::MissingPrerequisites(missing) => {
+                report_activity("waiting: prerequisites missing");
+                let what = missing.join(" and ");
+                log(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    &format!("sync_logical_slot cannot sync slots: {what} on this standby"),
+                    Some("Without hot_standby_feedback and a physical slot (primary_slot_name) the primary may remove catalog rows that the copies of its logical slots still need.".into()),
+                    Some("Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."),
+                );
+            }
+            Mode::Standby => {
+                if matches!(self.mode, Some(Mode::MissingPrerequisites(_))) {
+                    log(
+                        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                        "sync_logical_slot prerequisites are met: slot sync starts",
+                        None,
+                        None,
+                    );
+                }
+            }
+        }
+        self.mode = Some(mode);
+    }
+}
+
+/// What the connection is made from; compared across reloads.
+fn connection_settings() -> Vec<String> {
+    vec![
+        guc::primary_conninfo(),
+        guc::master_fdw(),
+        guc::server_setting(c"primary_conninfo"),
+        guc::database(),
+    ]
+}
+
+/// Which of the standby prerequisites (DESIGN.md "Topology") are missing.
+fn missing_prerequisites() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if guc::server_setting(c"hot_standby_feedback") != "on" {
+        missing.push("hot_standby_feedback is off");
+    }
+    if guc::server_setting(c"primary_slot_name").trim().is_empty() {
+        missing.push("primary_slot_name is not set");
+    }
+    missing
+}
+
+fn connect(source: &ConnSource) -> Result<Primary, SyncError> {
+    let base = source_conninfo(source)?;
+    Primary::connect(&worker_conninfo(base, source, &guc::database()))
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * (1u32 << shift)).min(BACKOFF_CAP)
+}
+
+/// Runs `f` in its own transaction (with a snapshot, for catalog reads and SPI).
+/// An ERROR raised inside is caught, the transaction aborted, and the error
+/// returned as a value: one failed step never kills the worker.
+fn in_transaction<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the worker is connected to a database and not inside a transaction.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let r = f();
+        // SAFETY: matches the calls above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        r
+    }));
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            // SAFETY: aborting whatever transaction state the error left behind;
+            // a no-op when none is open.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            let message = match payload.downcast_ref::<CaughtError>() {
+                Some(CaughtError::PostgresError(e))
+                | Some(CaughtError::ErrorReport(e))
+                | Some(CaughtError::RustPanic { ereport: e, .. }) => e.message().to_string(),
+                None => payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into()),
+            };
+            Err(SyncError::Internal(message))
+        }
+    }
+}
+
+fn wait_latch(timeout: Option<Duration>) {
+    let (events, ms) = match timeout {
+        Some(d) => (
+            pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH,
+            d.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long,
+        ),
+        None => (pg_sys::WL_LATCH_SET | pg_sys::WL_EXIT_ON_PM_DEATH, -1),
+    };
+    // SAFETY: MyLatch is this process's latch; WL_EXIT_ON_PM_DEATH exits if the postmaster dies.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            events as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Shows the worker's state in `pg_stat_activity.query`.
+fn report_activity(what: &str) {
+    let text = CString::new(what).unwrap_or_default();
+    // SAFETY: pgstat copies the string.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, text.as_ptr()) }
+}
+
+fn log(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option<&str>) {
+    let mut report = ErrorReport::new(code, message.to_string(), "sync_logical_slot");
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    if let Some(h) = hint {
+        report = report.set_hint(h);
+    }
+    report.report(PgLogLevel::LOG);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(6), Duration::from_secs(30));
+        assert_eq!(backoff(1000), Duration::from_secs(30));
+    }
+}
