@@ -17,7 +17,7 @@ use std::ptr::NonNull;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::FromDatum;
+use pgrx::{FromDatum, PgMemoryContexts};
 
 use crate::conninfo::{ConnInfo, ConnSource, APPLICATION_NAME};
 use crate::error::SyncError;
@@ -142,10 +142,17 @@ impl Primary {
         let mut err: *mut c_char = std::ptr::null_mut();
         // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call;
         // the function waits on our latch and processes interrupts while it connects.
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        let conn = unsafe { connect(text.as_ptr(), true, appname.as_ptr(), &mut err) };
-        #[cfg(feature = "pg16")]
-        let conn = unsafe { connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err) };
+        // The connection struct is palloc'd in the current context: it must be one that
+        // outlives the transaction the caller may be in, or the next query reads freed memory.
+        let conn = unsafe {
+            PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+                let conn = connect(text.as_ptr(), true, appname.as_ptr(), &mut err);
+                #[cfg(feature = "pg16")]
+                let conn = connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err);
+                conn
+            })
+        };
         match NonNull::new(conn) {
             Some(conn) => Ok(Primary { conn }),
             None => Err(SyncError::Connect(take_error(err))),

@@ -239,7 +239,9 @@ mod tests {
         let lsn: Lsn = "16/B374D848".parse().unwrap();
         assert_eq!(lsn, Lsn(0x16_B374_D848));
         assert_eq!(lsn.to_string(), "16/B374D848");
-        assert_eq!(Lsn(0x0000_0000_0100_0028).to_string(), "0/1000028");
+        // %X/%08X, as PostgreSQL 18 prints LSNs (and parses either form).
+        assert_eq!(Lsn(0x0000_0000_0100_0028).to_string(), "0/01000028");
+        assert_eq!("0/1000028".parse::<Lsn>().unwrap(), Lsn(0x0100_0028));
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn::INVALID);
         assert!("16B374D848".parse::<Lsn>().is_err());
         assert!("1/".parse::<Lsn>().is_err());

@@ -1,0 +1,512 @@
+//! A harness for real clusters on loopback, in the spirit of PostgreSQL's
+//! `PostgreSQL::Test::Cluster`: init a primary, base-backup a streaming
+//! standby, start/stop/restart/promote/kill -9, run SQL with psql, poll a
+//! query until a deadline, wait for replay catch-up, wait for a log line.
+//!
+//! Every server lives in one temporary directory per test. When a `TestDir`
+//! is dropped every server in it is stopped; if the test failed, the directory
+//! (data and logs) is kept and its path printed.
+//!
+//! PostgreSQL refuses to run as root: when the test runs as root (as
+//! `cargo pgrx test` and CI do), every PostgreSQL binary runs through
+//! `runuser -u postgres` and the directory belongs to that user.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::rc::Rc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may last before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(100);
+pub const OS_USER: &str = "postgres";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SLS_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("pg_config on PATH (apt install postgresql-server-dev-15)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A command for a PostgreSQL binary, run as the unprivileged user when we are root.
+pub fn pg_command(program: &str) -> Command {
+    let path = bindir().join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", OS_USER, "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// One test's directory; stops every server in it when dropped.
+pub struct TestDir {
+    pub path: PathBuf,
+    nodes: RefCell<Vec<Rc<NodeState>>>,
+}
+
+struct NodeState {
+    datadir: PathBuf,
+    running: RefCell<bool>,
+}
+
+impl TestDir {
+    pub fn new(test_name: &str) -> TestDir {
+        let base = std::env::temp_dir();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = base.join(format!("sls-{test_name}-{}-{stamp}", std::process::id()));
+        fs::create_dir_all(&path).expect("create test dir");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg(OS_USER).arg(&path);
+                    c
+                },
+                "chown test dir",
+            );
+        }
+        TestDir {
+            path,
+            nodes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A new primary: `initdb`, logical WAL, the extension preloaded.
+    pub fn primary(&self, name: &str) -> Node {
+        let node = self.node(name);
+        run(
+            {
+                let mut c = pg_command("initdb");
+                c.args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-N",
+                    "--no-instructions",
+                    "-D",
+                ])
+                .arg(&node.datadir);
+                c
+            },
+            &format!("initdb {name}"),
+        );
+        node.append_conf(&format!(
+            "port = {port}
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '{sock}'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 20
+hot_standby = on
+hot_standby_feedback = on
+wal_receiver_status_interval = 1s
+shared_preload_libraries = 'sync_logical_slot'
+sync_logical_slot.naptime = 200ms
+log_line_prefix = '%m [%p] %b '
+log_min_messages = info
+fsync = off
+",
+            port = node.port,
+            sock = self.path.display()
+        ));
+        node
+    }
+
+    /// A streaming standby of `primary` from a base backup, with its own
+    /// physical slot `name` on the primary (primary_slot_name).
+    pub fn standby(&self, name: &str, primary: &Node) -> Node {
+        let node = self.node(name);
+        run(
+            {
+                let mut c = pg_command("pg_basebackup");
+                c.args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-R",
+                    "-C",
+                ])
+                .args(["-p", &primary.port.to_string(), "-S", name, "-D"])
+                .arg(&node.datadir);
+                c
+            },
+            &format!("pg_basebackup {name}"),
+        );
+        node.append_conf(&format!("port = {}\n", node.port));
+        node
+    }
+
+    /// A plain cluster (no preload, no replication), e.g. a subscriber.
+    pub fn plain(&self, name: &str) -> Node {
+        let node = self.node(name);
+        run(
+            {
+                let mut c = pg_command("initdb");
+                c.args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-N",
+                    "--no-instructions",
+                    "-D",
+                ])
+                .arg(&node.datadir);
+                c
+            },
+            &format!("initdb {name}"),
+        );
+        node.append_conf(&format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nfsync = off\n",
+            node.port,
+            self.path.display()
+        ));
+        node
+    }
+
+    fn node(&self, name: &str) -> Node {
+        let state = Rc::new(NodeState {
+            datadir: self.path.join(name),
+            running: RefCell::new(false),
+        });
+        self.nodes.borrow_mut().push(state.clone());
+        Node {
+            name: name.to_string(),
+            port: free_port(),
+            datadir: state.datadir.clone(),
+            logfile: self.path.join(format!("{name}.log")),
+            state,
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        for n in self.nodes.borrow().iter() {
+            if *n.running.borrow() {
+                let _ = pg_command("pg_ctl")
+                    .args(["stop", "-m", "immediate", "-w", "-D"])
+                    .arg(&n.datadir)
+                    .output();
+            }
+        }
+        if std::thread::panicking() || std::env::var_os("SLS_KEEP_TEST_DIRS").is_some() {
+            eprintln!(
+                "test failed: data directories and server logs kept in {}",
+                self.path.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub port: u16,
+    pub datadir: PathBuf,
+    pub logfile: PathBuf,
+    state: Rc<NodeState>,
+}
+
+impl Node {
+    pub fn append_conf(&self, text: &str) {
+        let conf = self.datadir.join("postgresql.conf");
+        let mut current = fs::read_to_string(&conf).expect("read postgresql.conf");
+        current.push('\n');
+        current.push_str(text);
+        current.push('\n');
+        fs::write(&conf, current).expect("write postgresql.conf");
+    }
+
+    /// Sets `key` in postgresql.auto.conf (where pg_basebackup -R writes the
+    /// standby's settings, and which wins over postgresql.conf); empty `value` removes it.
+    pub fn set_auto_conf(&self, key: &str, value: &str) {
+        let auto = self.datadir.join("postgresql.auto.conf");
+        let current = fs::read_to_string(&auto).unwrap_or_default();
+        let mut lines: Vec<String> = current
+            .lines()
+            .filter(|l| l.split('=').next().map(str::trim) != Some(key))
+            .map(str::to_string)
+            .collect();
+        if !value.is_empty() {
+            lines.push(format!("{key} = '{}'", value.replace('\'', "''")));
+        }
+        fs::write(&auto, lines.join("\n") + "\n").expect("write postgresql.auto.conf");
+    }
+
+    pub fn start(&self) {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+    }
+
+    pub fn try_start(&self) -> Result<(), String> {
+        let out = pg_command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&self.datadir)
+            .arg("-l")
+            .arg(&self.logfile)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            *self.state.running.borrow_mut() = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl start {} failed: {}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    pub fn stop(&self) {
+        run(
+            {
+                let mut c = pg_command("pg_ctl");
+                c.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+                    .arg(&self.datadir);
+                c
+            },
+            &format!("pg_ctl stop {}", self.name),
+        );
+        *self.state.running.borrow_mut() = false;
+    }
+
+    pub fn restart(&self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn reload(&self) {
+        self.sql("SELECT pg_reload_conf()");
+    }
+
+    pub fn promote(&self) {
+        run(
+            {
+                let mut c = pg_command("pg_ctl");
+                c.args(["promote", "-w", "-t", "60", "-D"])
+                    .arg(&self.datadir);
+                c
+            },
+            &format!("pg_ctl promote {}", self.name),
+        );
+    }
+
+    /// kill -9 of the postmaster: a crash, no shutdown checkpoint.
+    pub fn kill9(&self) {
+        let pid = fs::read_to_string(self.datadir.join("postmaster.pid"))
+            .expect("postmaster.pid")
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        *self.state.running.borrow_mut() = false;
+        // Children exit when they notice the postmaster is gone.
+        let deadline = Instant::now() + DEADLINE;
+        while Command::new("kill")
+            .args(["-0", &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "postmaster {pid} still alive after kill -9"
+            );
+            sleep(POLL);
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        pg_command("pg_isready")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "5"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Runs SQL in database `db`: Ok(unaligned, tuples-only output) or Err(stderr).
+    pub fn try_sql_in(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = pg_command("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+        }
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        self.try_sql_in("postgres", sql)
+    }
+
+    pub fn sql_in(&self, db: &str, sql: &str) -> String {
+        self.try_sql_in(db, sql)
+            .unwrap_or_else(|e| panic!("on {}: {sql}\n{e}\n{}", self.name, self.log_tail()))
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.sql_in("postgres", sql)
+    }
+
+    /// Polls `sql` until it returns `expected`; fails at the deadline with the last result and the log.
+    pub fn poll_query_until(&self, sql: &str, expected: &str) {
+        self.poll_query_until_in("postgres", sql, expected)
+    }
+
+    pub fn poll_query_until_in(&self, db: &str, sql: &str, expected: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut last;
+        loop {
+            last = self.try_sql_in(db, sql);
+            if last.as_deref() == Ok(expected) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "on {}: timed out after {:?} waiting for\n  {sql}\nto return {expected:?}; last result: {last:?}\n--- log of {} ---\n{}",
+                    self.name,
+                    DEADLINE,
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far.
+    pub fn wait_for_catchup(&self, primary: &Node) {
+        let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+        self.poll_query_until(
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+            "t",
+        );
+    }
+
+    /// The current size of the server log: pass it to `wait_for_log` to look only at what follows.
+    pub fn log_offset(&self) -> usize {
+        fs::metadata(&self.logfile)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
+    }
+
+    pub fn log_since(&self, offset: usize) -> String {
+        let bytes = fs::read(&self.logfile).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(offset..).unwrap_or(&[])).into_owned()
+    }
+
+    /// Waits until the log, after `offset`, contains `needle`; returns the offset just past it.
+    pub fn wait_for_log(&self, needle: &str, offset: usize) -> usize {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.log_since(offset);
+            if let Some(pos) = text.find(needle) {
+                return offset + pos + needle.len();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "on {}: timed out after {:?} waiting for log line containing {needle:?}\n--- log of {} since offset {offset} ---\n{}",
+                    self.name, DEADLINE, self.name, tail(&text, 8000)
+                );
+            }
+            sleep(POLL);
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_since(0), 8000)
+    }
+
+    pub fn datadir(&self) -> &Path {
+        &self.datadir
+    }
+}
+
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &text[start..])
+}
+
+/// Counts non-overlapping occurrences of `needle` in `hay`.
+pub fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}

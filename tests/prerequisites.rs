@@ -1,0 +1,82 @@
+//! # A standby without hot_standby_feedback or primary_slot_name says so once, stays up, and waits
+//!
+//! ```text
+//!  primary  --streaming-->  standby1 (hot_standby_feedback=off)
+//!                             worker: one LOG line naming the setting, no connection to the primary
+//!                           then hot_standby_feedback=on + reload: the worker starts
+//! ```
+
+mod common;
+use common::*;
+
+const CONNECTIONS_FROM_WORKERS: &str =
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'";
+const MISSING_FEEDBACK: &str =
+    "sync_logical_slot cannot sync slots: hot_standby_feedback is off on this standby";
+
+#[test]
+fn missing_hot_standby_feedback_is_reported_once_and_fixed_by_reload() {
+    let dir = TestDir::new("prerequisites");
+    let primary = dir.primary("primary");
+    primary.start();
+    let standby = dir.standby("standby1", &primary);
+    standby.append_conf("hot_standby_feedback = off");
+    standby.start();
+
+    let after = standby.wait_for_log(MISSING_FEEDBACK, 0);
+    assert!(
+        standby
+            .log_since(0)
+            .contains("HINT:  Set hot_standby_feedback = on"),
+        "the line should say what to do:\n{}",
+        standby.log_tail()
+    );
+    // Several naptimes (200 ms) later: still one line, the worker alive and not restarted,
+    // the server up, and no connection to the primary.
+    let pid = standby
+        .sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        count(&standby.log_since(0), MISSING_FEEDBACK),
+        1,
+        "{}",
+        standby.log_tail()
+    );
+    assert_eq!(
+        standby.sql(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'"
+        ),
+        pid,
+        "the worker should wait, not exit and restart"
+    );
+    assert_eq!(primary.sql(CONNECTIONS_FROM_WORKERS), "0");
+    assert!(standby
+        .log_since(after)
+        .find("sync_logical_slot worker connected")
+        .is_none());
+
+    // Fixed and reloaded: the worker starts syncing without a restart.
+    standby.sql("ALTER SYSTEM SET hot_standby_feedback = on");
+    standby.reload();
+    standby.wait_for_log(
+        "sync_logical_slot prerequisites are met: slot sync starts",
+        after,
+    );
+    primary.poll_query_until(CONNECTIONS_FROM_WORKERS, "1");
+}
+
+#[test]
+fn missing_primary_slot_name_is_reported() {
+    let dir = TestDir::new("prereq_slot");
+    let primary = dir.primary("primary");
+    primary.start();
+    let standby = dir.standby("standby1", &primary);
+    standby.set_auto_conf("primary_slot_name", "");
+    standby.start();
+    standby.wait_for_log(
+        "sync_logical_slot cannot sync slots: primary_slot_name is not set on this standby",
+        0,
+    );
+    assert!(standby.is_running());
+    assert_eq!(primary.sql(CONNECTIONS_FROM_WORKERS), "0");
+}
