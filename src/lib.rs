@@ -12,6 +12,7 @@ use pgrx::PgSqlErrorCode;
 pub mod conninfo; // connection strings: parse, override, redact (pure)
 pub mod error; // SyncError and its SQLSTATEs
 pub mod guc; // settings, check hooks, typed accessors
+pub mod plan; // per-slot decisions (pure)
 pub mod remote; // the primary connection and the remote slot query
 pub mod types; // Lsn, Xid, RemoteSlot, SlotFilter (pure)
 pub mod worker; // background worker registration and main loop

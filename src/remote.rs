@@ -16,6 +16,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::ptr::NonNull;
 
 use pgrx::pg_sys;
+use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, PgMemoryContexts};
 
@@ -146,10 +147,16 @@ impl Primary {
         // outlives the transaction the caller may be in, or the next query reads freed memory.
         let conn = unsafe {
             PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                // A function pointer, not a pg_sys function: guard it ourselves so that an
+                // ERROR raised inside (e.g. a cancel) becomes a Rust panic the caller catches.
                 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-                let conn = connect(text.as_ptr(), true, appname.as_ptr(), &mut err);
+                let conn = pg_guard_ffi_boundary(|| {
+                    connect(text.as_ptr(), true, appname.as_ptr(), &mut err)
+                });
                 #[cfg(feature = "pg16")]
-                let conn = connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err);
+                let conn = pg_guard_ffi_boundary(|| {
+                    connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err)
+                });
                 conn
             })
         };
@@ -173,12 +180,14 @@ impl Primary {
         // SAFETY: conn is open; sql and types outlive the call. The result is
         // palloc'd in the current (transaction) memory context.
         let res = unsafe {
-            exec(
-                self.conn.as_ptr(),
-                sql_c.as_ptr(),
-                ncols as i32,
-                types.as_ptr(),
-            )
+            pg_guard_ffi_boundary(|| {
+                exec(
+                    self.conn.as_ptr(),
+                    sql_c.as_ptr(),
+                    ncols as i32,
+                    types.as_ptr(),
+                )
+            })
         };
         if res.is_null() {
             return Err(SyncError::RemoteQuery("no result".into()));
@@ -221,7 +230,7 @@ impl Drop for Primary {
     fn drop(&mut self) {
         if let Some(disconnect) = walrcv().walrcv_disconnect {
             // SAFETY: conn is open and not used after this.
-            unsafe { disconnect(self.conn.as_ptr()) }
+            unsafe { pg_guard_ffi_boundary(|| disconnect(self.conn.as_ptr())) }
         }
     }
 }

@@ -9,8 +9,9 @@
 //!   logical slots, and sleep at most `sync_logical_slot.naptime`.
 //!
 //! SIGTERM uses PostgreSQL's own `die` handler, so that it also interrupts a
-//! connection attempt or query inside libpqwalreceiver; SIGHUP only sets
-//! `ConfigReloadPending`, handled at the top of the loop.
+//! connection attempt or query inside libpqwalreceiver; SIGHUP sets
+//! `ConfigReloadPending`, handled at the top of the loop, and interrupts a
+//! network wait (see `signals`).
 
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -55,10 +56,7 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     // SAFETY: installing PostgreSQL's own handlers in a background worker, before
     // unblocking signals, is what core's workers do.
     unsafe {
-        pg_sys::pqsignal(
-            pg_sys::SIGHUP as i32,
-            Some(signals::SignalHandlerForConfigReload),
-        );
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(signals::handle_sighup));
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(signals::die));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
@@ -66,13 +64,50 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     Worker::default().run()
 }
 
-/// PostgreSQL's own signal handlers, as raw C symbols (pg_sys wraps its
-/// functions in Rust guards, which cannot be installed as signal handlers).
+/// Signal handling. SIGTERM is PostgreSQL's own `die`. SIGHUP is PostgreSQL's
+/// `SignalHandlerForConfigReload`, plus: while the worker waits on the network
+/// (inside libpqwalreceiver, which only returns on its own timeouts), it also
+/// raises a query cancel, so that the wait ends with an ERROR the step catches
+/// and the new settings are used at once instead of after `connect_timeout`.
 mod signals {
+    use pgrx::pg_sys;
     use std::ffi::c_int;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // Raw C symbols: pg_sys wraps its functions in Rust guards, which cannot run in a signal handler.
     extern "C-unwind" {
         pub fn die(postgres_signal_arg: c_int);
-        pub fn SignalHandlerForConfigReload(postgres_signal_arg: c_int);
+        fn SignalHandlerForConfigReload(postgres_signal_arg: c_int);
+    }
+
+    static IN_NETWORK_WAIT: AtomicBool = AtomicBool::new(false);
+
+    pub unsafe extern "C-unwind" fn handle_sighup(arg: c_int) {
+        if IN_NETWORK_WAIT.load(Ordering::SeqCst) {
+            // SAFETY: sig_atomic_t flags, set as PostgreSQL's StatementCancelHandler sets them.
+            unsafe {
+                pg_sys::QueryCancelPending = 1;
+                pg_sys::InterruptPending = 1;
+            }
+        }
+        // SAFETY: PostgreSQL's handler sets ConfigReloadPending and the latch, saving errno.
+        unsafe { SignalHandlerForConfigReload(arg) }
+    }
+
+    /// Runs `f` (a network round trip) so that a SIGHUP interrupts it.
+    pub fn interruptible_by_reload<T>(f: impl FnOnce() -> T) -> T {
+        IN_NETWORK_WAIT.store(true, Ordering::SeqCst);
+        let r = f();
+        IN_NETWORK_WAIT.store(false, Ordering::SeqCst);
+        // A cancel raised for the wait that just ended must not hit a later, unrelated check.
+        // SAFETY: plain store to a sig_atomic_t that the handler no longer sets.
+        unsafe { pg_sys::QueryCancelPending = 0 };
+        r
+    }
+
+    pub fn reload_pending() -> bool {
+        // SAFETY: read of a sig_atomic_t flag.
+        unsafe { pg_sys::ConfigReloadPending != 0 }
     }
 }
 
@@ -101,8 +136,8 @@ impl Worker {
         self.conn_settings = connection_settings();
         loop {
             pgrx::check_for_interrupts!();
-            // SAFETY: ConfigReloadPending is a sig_atomic_t set by the SIGHUP handler.
-            if unsafe { pg_sys::ConfigReloadPending } != 0 {
+            if signals::reload_pending() {
+                // SAFETY: resetting the flag the SIGHUP handler sets, then reloading as core does.
                 unsafe {
                     pg_sys::ConfigReloadPending = 0;
                     pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
@@ -151,7 +186,7 @@ impl Worker {
             }
             let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
             report_activity("connecting to the primary server");
-            match in_transaction(|| connect(&source)) {
+            match signals::interruptible_by_reload(|| in_transaction(|| connect(&source))) {
                 Ok(p) => {
                     self.primary = Some(p);
                     log(
@@ -164,17 +199,23 @@ impl Worker {
                         None,
                     );
                 }
+                // Interrupted by a reload: use the new settings now, no backoff.
+                Err(_) if signals::reload_pending() => return Some(Duration::ZERO),
                 Err(e) => return Some(self.failed(e, &source)),
             }
         }
 
         let primary = self.primary.as_mut().expect("connected above");
-        match in_transaction(|| primary.fetch_slots()) {
+        match signals::interruptible_by_reload(|| in_transaction(|| primary.fetch_slots())) {
             Ok(slots) => {
                 self.failures = 0;
                 self.retry_at = None;
                 self.observe(slots);
                 Some(guc::naptime())
+            }
+            Err(_) if signals::reload_pending() => {
+                self.disconnect();
+                Some(Duration::ZERO)
             }
             Err(e) => {
                 self.disconnect();

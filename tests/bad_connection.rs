@@ -147,3 +147,47 @@ fn sigterm_interrupts_a_hanging_connection_attempt() {
     standby.stop();
     drop(listener);
 }
+
+#[test]
+fn reload_interrupts_a_hanging_connection_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging = listener.local_addr().unwrap().port();
+
+    let dir = TestDir::new("reload_hanging");
+    let primary = dir.primary("primary");
+    primary.start();
+    let standby = dir.standby("standby1", &primary);
+    standby.append_conf(&format!(
+        "sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={hanging} connect_timeout=3600 dbname=postgres'"
+    ));
+    standby.start();
+    standby.poll_query_until(
+        "SELECT query FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
+        "connecting to the primary server",
+    );
+    let pid = worker_pid(&standby);
+
+    // New settings while the worker waits on the network: used at once, not in an hour,
+    // and by the same worker process (no restart).
+    let o = standby.log_offset();
+    standby.append_conf(&format!(
+        "sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} dbname=postgres'",
+        primary.port
+    ));
+    standby.reload();
+    standby.wait_for_log(
+        "sync_logical_slot worker connected to the primary server",
+        o,
+    );
+    assert_eq!(
+        worker_pid(&standby),
+        pid,
+        "the worker should not have restarted"
+    );
+    assert!(
+        !standby.log_since(o).contains("could not connect"),
+        "an interrupted attempt is not a failure:\n{}",
+        standby.log_since(o)
+    );
+    drop(listener);
+}

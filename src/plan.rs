@@ -1,0 +1,581 @@
+//! Pure decision logic: what to do with one slot in one pass.
+//!
+//! `plan(remote, local, standby)` looks at the primary's slot, the standby's
+//! copy (if any) and what the standby can honour, and returns one [`Action`].
+//! It touches no `pg_sys`, so every branch is a plain `#[test]`. The rules are
+//! DESIGN.md's safety invariants 1-3 and 5:
+//! - a copy never moves backwards; its `confirmed_flush_lsn` never passes the
+//!   standby's flushed WAL;
+//! - a new copy starts as a temporary slot reserved at the standby's own
+//!   horizon and waits (`waiting_for_remote`) until the primary's slot has
+//!   passed that reservation; only then is it moved to the primary's position
+//!   and made persistent;
+//! - `restart_lsn` moves only to a position whose decoding snapshot the
+//!   standby holds (invariant 4; the caller says whether it does), and
+//!   `catalog_xmin` moves only together with it, since it protects the catalog
+//!   rows that decoding from `restart_lsn` needs;
+//! - a copy is `ready` only when persistent, within the flushed WAL, and
+//!   protected on the primary by this standby's feedback;
+//! - nothing here waits: a slot that cannot move says why, and the pass goes on.
+//!
+//! Not wired into the worker yet (issue 3): the worker only reads the primary's slots.
+
+use crate::types::{Lsn, RemoteSlot, Xid};
+
+/// The standby's copy of a slot, as the standby's slot array has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSlot {
+    pub name: String,
+    pub plugin: String,
+    pub database: String,
+    pub two_phase: bool,
+    /// Persistent (survives restart); false while the copy is a temporary reservation.
+    pub persistent: bool,
+    /// Created by this extension (only those are ever advanced or dropped).
+    pub ours: bool,
+    /// Invalidated on the standby (its WAL was removed): it cannot be honoured any more.
+    pub invalidated: bool,
+    pub restart_lsn: Lsn,
+    pub confirmed_flush_lsn: Lsn,
+    pub catalog_xmin: Xid,
+}
+
+/// What the standby can honour right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandbyPosition {
+    /// WAL received and flushed to disk.
+    pub flushed_lsn: Lsn,
+    /// The catalog_xmin of this standby's physical slot on the primary (its
+    /// hot_standby_feedback), INVALID when the primary has none yet.
+    pub feedback_catalog_xmin: Xid,
+}
+
+/// The positions a copy is moved to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub restart_lsn: Lsn,
+    pub confirmed_flush_lsn: Lsn,
+    pub catalog_xmin: Xid,
+}
+
+/// The per-slot state shown in the status view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Synced,
+    WaitingForRemote,
+    WaitingForWal,
+    WaitingForFeedback,
+    Invalidated,
+    Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Synced => "synced",
+            State::WaitingForRemote => "waiting_for_remote",
+            State::WaitingForWal => "waiting_for_wal",
+            State::WaitingForFeedback => "waiting_for_feedback",
+            State::Invalidated => "invalidated",
+            State::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// No copy yet: create a temporary one reserved at the standby's horizon.
+    Create,
+    /// Move the copy forward (never back); `persist` makes a temporary copy persistent.
+    Advance {
+        target: Target,
+        persist: bool,
+        state: State,
+    },
+    /// Nothing to change now; the state says why not ready, if it is not.
+    Keep {
+        state: State,
+        reason: Option<String>,
+    },
+    /// The copy cannot be used: drop it and create it again.
+    Recreate { reason: String },
+    /// The slot cannot be synced; the copy (if any) is left as it is.
+    Skip { state: State, reason: String },
+}
+
+/// Whether a copy at `target` is ready for a failover (DESIGN.md invariants 1-3).
+pub fn ready_state(
+    persistent: bool,
+    target: Target,
+    remote: &RemoteSlot,
+    standby: &StandbyPosition,
+) -> State {
+    if !persistent {
+        State::WaitingForRemote
+    } else if target.confirmed_flush_lsn < remote.confirmed_flush_lsn {
+        State::WaitingForWal
+    } else if !standby.feedback_catalog_xmin.is_valid()
+        || target.catalog_xmin.precedes(standby.feedback_catalog_xmin)
+    {
+        State::WaitingForFeedback
+    } else {
+        State::Synced
+    }
+}
+
+/// Decides what to do with one selected remote slot.
+///
+/// `database_exists`: the slot's database exists on the standby.
+/// `snapshot_held`: the standby holds the decoding snapshot for `remote.restart_lsn`.
+pub fn plan(
+    remote: &RemoteSlot,
+    local: Option<&LocalSlot>,
+    standby: &StandbyPosition,
+    database_exists: bool,
+    snapshot_held: bool,
+) -> Action {
+    if remote.is_invalidated() {
+        return Action::Skip {
+            state: State::Invalidated,
+            reason: "the slot is invalidated on the primary".into(),
+        };
+    }
+    if !database_exists {
+        return Action::Skip {
+            state: State::Error,
+            reason: format!(
+                "database \"{}\" does not exist on this standby",
+                remote.database
+            ),
+        };
+    }
+    let Some(local) = local else {
+        return Action::Create;
+    };
+    if !local.ours {
+        return Action::Skip {
+            state: State::Error,
+            reason:
+                "a slot of this name exists on the standby and was not created by sync_logical_slot"
+                    .into(),
+        };
+    }
+    if local.invalidated {
+        return Action::Recreate {
+            reason: "the copy was invalidated on this standby".into(),
+        };
+    }
+    if local.plugin != remote.plugin || local.database != remote.database {
+        return Action::Recreate {
+            reason: "the slot was re-created on the primary with another plugin or database".into(),
+        };
+    }
+    if !local.persistent
+        && (remote.restart_lsn < local.restart_lsn
+            || remote.catalog_xmin.precedes(local.catalog_xmin))
+    {
+        return Action::Keep {
+            state: State::WaitingForRemote,
+            reason: Some(format!(
+                "the primary's slot (restart_lsn {}, catalog_xmin {}) is behind what this standby reserved (restart_lsn {}, catalog_xmin {})",
+                remote.restart_lsn, remote.catalog_xmin, local.restart_lsn, local.catalog_xmin
+            )),
+        };
+    }
+
+    let target = advance_target(remote, local, standby, snapshot_held);
+    // A temporary copy becomes persistent only once it stands exactly where the
+    // primary's slot restarts: from then on it can be honoured on its own.
+    let persist = !local.persistent && target.restart_lsn == remote.restart_lsn;
+    let persistent = local.persistent || persist;
+    let state = ready_state(persistent, target, remote, standby);
+    let current = Target {
+        restart_lsn: local.restart_lsn,
+        confirmed_flush_lsn: local.confirmed_flush_lsn,
+        catalog_xmin: local.catalog_xmin,
+    };
+    if target == current && !persist {
+        let reason = match state {
+            State::WaitingForWal => Some(format!(
+                "the primary's slot confirmed {} but this standby has flushed WAL up to {} only",
+                remote.confirmed_flush_lsn, standby.flushed_lsn
+            )),
+            State::WaitingForFeedback => Some(
+                "the primary does not yet hold this copy's catalog_xmin for this standby (hot_standby_feedback)".into(),
+            ),
+            State::WaitingForRemote => Some(
+                "waiting for the decoding snapshot of the primary's restart_lsn".into(),
+            ),
+            _ => None,
+        };
+        return Action::Keep { state, reason };
+    }
+    Action::Advance {
+        target,
+        persist,
+        state,
+    }
+}
+
+/// Where the copy may move now: forward only, `confirmed_flush_lsn` capped at
+/// the flushed WAL, `restart_lsn` (with `catalog_xmin`) only to a position the
+/// standby has WAL and a decoding snapshot for.
+pub fn advance_target(
+    remote: &RemoteSlot,
+    local: &LocalSlot,
+    standby: &StandbyPosition,
+    snapshot_held: bool,
+) -> Target {
+    let confirmed = local
+        .confirmed_flush_lsn
+        .max(remote.confirmed_flush_lsn.min(standby.flushed_lsn));
+    let restart_can_move = remote.restart_lsn > local.restart_lsn
+        && remote.restart_lsn <= standby.flushed_lsn
+        && snapshot_held;
+    let (restart_lsn, catalog_xmin) = if restart_can_move {
+        let xmin = if local.catalog_xmin.precedes(remote.catalog_xmin) {
+            remote.catalog_xmin
+        } else {
+            local.catalog_xmin
+        };
+        (remote.restart_lsn, xmin)
+    } else {
+        (local.restart_lsn, local.catalog_xmin)
+    };
+    Target {
+        restart_lsn,
+        // confirmed_flush_lsn is never behind restart_lsn.
+        confirmed_flush_lsn: confirmed.max(restart_lsn),
+        catalog_xmin,
+    }
+}
+
+/// Should a local slot that no selected remote slot matches be dropped?
+pub fn should_drop_extra(
+    local: &LocalSlot,
+    in_remote_selection: bool,
+    drop_extra_slots: bool,
+) -> bool {
+    local.ours && !in_remote_selection && (drop_extra_slots || !local.persistent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(restart: u64, confirmed: u64, xmin: u32) -> RemoteSlot {
+        RemoteSlot {
+            name: "s1".into(),
+            plugin: "pgoutput".into(),
+            database: "app".into(),
+            two_phase: false,
+            restart_lsn: Lsn(restart),
+            confirmed_flush_lsn: Lsn(confirmed),
+            catalog_xmin: Xid(xmin),
+            wal_status: "reserved".into(),
+        }
+    }
+
+    fn local(persistent: bool, restart: u64, confirmed: u64, xmin: u32) -> LocalSlot {
+        LocalSlot {
+            name: "s1".into(),
+            plugin: "pgoutput".into(),
+            database: "app".into(),
+            two_phase: false,
+            persistent,
+            ours: true,
+            invalidated: false,
+            restart_lsn: Lsn(restart),
+            confirmed_flush_lsn: Lsn(confirmed),
+            catalog_xmin: Xid(xmin),
+        }
+    }
+
+    fn standby(flushed: u64, feedback: u32) -> StandbyPosition {
+        StandbyPosition {
+            flushed_lsn: Lsn(flushed),
+            feedback_catalog_xmin: Xid(feedback),
+        }
+    }
+
+    #[test]
+    fn no_copy_is_created() {
+        assert_eq!(
+            plan(&remote(100, 200, 10), None, &standby(300, 10), true, true),
+            Action::Create
+        );
+    }
+
+    #[test]
+    fn invalidated_or_missing_database_is_skipped_not_fatal() {
+        let mut r = remote(100, 200, 10);
+        r.wal_status = "lost".into();
+        assert!(matches!(
+            plan(&r, None, &standby(300, 10), true, true),
+            Action::Skip {
+                state: State::Invalidated,
+                ..
+            }
+        ));
+        match plan(&remote(100, 200, 10), None, &standby(300, 10), false, true) {
+            Action::Skip {
+                state: State::Error,
+                reason,
+            } => assert!(reason.contains("\"app\" does not exist")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_slot_we_did_not_create_is_never_touched() {
+        let mut l = local(true, 50, 60, 5);
+        l.ours = false;
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Skip {
+                state: State::Error,
+                ..
+            }
+        ));
+        assert!(!should_drop_extra(&l, false, true));
+    }
+
+    #[test]
+    fn temporary_copy_waits_while_the_primary_is_behind_its_reservation() {
+        // Reserved at restart 150 / xmin 20; the primary's slot is at 100 / 10.
+        let l = local(false, 150, 150, 20);
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Keep {
+                state: State::WaitingForRemote,
+                ..
+            }
+        ));
+        // restart passed but catalog_xmin still older than reserved: still waiting.
+        assert!(matches!(
+            plan(
+                &remote(160, 200, 19),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Keep {
+                state: State::WaitingForRemote,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn temporary_copy_becomes_persistent_once_the_primary_passed_it() {
+        let l = local(false, 150, 150, 20);
+        match plan(
+            &remote(160, 200, 25),
+            Some(&l),
+            &standby(300, 25),
+            true,
+            true,
+        ) {
+            Action::Advance {
+                target,
+                persist,
+                state,
+            } => {
+                assert!(persist);
+                assert_eq!(
+                    target,
+                    Target {
+                        restart_lsn: Lsn(160),
+                        confirmed_flush_lsn: Lsn(200),
+                        catalog_xmin: Xid(25)
+                    }
+                );
+                assert_eq!(state, State::Synced);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn temporary_copy_stays_temporary_without_the_snapshot() {
+        let l = local(false, 150, 150, 20);
+        match plan(
+            &remote(160, 200, 25),
+            Some(&l),
+            &standby(300, 25),
+            true,
+            false,
+        ) {
+            Action::Advance {
+                target,
+                persist,
+                state,
+            } => {
+                assert!(!persist);
+                assert_eq!(target.restart_lsn, Lsn(150));
+                assert_eq!(
+                    target.catalog_xmin,
+                    Xid(20),
+                    "catalog_xmin moves only with restart_lsn"
+                );
+                assert_eq!(state, State::WaitingForRemote);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn never_moves_backwards() {
+        let l = local(true, 150, 250, 20);
+        // The primary reports older positions (e.g. a stale read): nothing moves.
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 20),
+                true,
+                true
+            ),
+            Action::Keep { .. }
+        ));
+        let t = advance_target(&remote(100, 200, 10), &l, &standby(300, 20), true);
+        assert_eq!(
+            t,
+            Target {
+                restart_lsn: Lsn(150),
+                confirmed_flush_lsn: Lsn(250),
+                catalog_xmin: Xid(20)
+            }
+        );
+    }
+
+    #[test]
+    fn confirmed_flush_is_capped_at_the_flushed_wal() {
+        let l = local(true, 100, 150, 10);
+        match plan(
+            &remote(120, 400, 12),
+            Some(&l),
+            &standby(300, 12),
+            true,
+            true,
+        ) {
+            Action::Advance { target, state, .. } => {
+                assert_eq!(target.confirmed_flush_lsn, Lsn(300));
+                assert_eq!(target.restart_lsn, Lsn(120));
+                assert_eq!(state, State::WaitingForWal);
+            }
+            other => panic!("{other:?}"),
+        }
+        // restart_lsn beyond the flushed WAL does not move either.
+        let t = advance_target(&remote(350, 400, 12), &l, &standby(300, 12), true);
+        assert_eq!(t.restart_lsn, Lsn(100));
+        assert_eq!(t.catalog_xmin, Xid(10));
+    }
+
+    #[test]
+    fn ready_needs_feedback_protecting_catalog_xmin() {
+        let l = local(true, 100, 200, 10);
+        // The primary's physical slot for this standby holds xmin 15: newer than the copy's 10.
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 15),
+                true,
+                true
+            ),
+            Action::Keep {
+                state: State::WaitingForFeedback,
+                ..
+            }
+        ));
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 0),
+                true,
+                true
+            ),
+            Action::Keep {
+                state: State::WaitingForFeedback,
+                ..
+            }
+        ));
+        assert_eq!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 9),
+                true,
+                true
+            ),
+            Action::Keep {
+                state: State::Synced,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn xmin_follows_across_wraparound() {
+        let l = local(true, 100, 200, 4_294_967_000);
+        let t = advance_target(&remote(150, 250, 5), &l, &standby(300, 5), true);
+        assert_eq!(
+            t.catalog_xmin,
+            Xid(5),
+            "5 follows 4294967000 after wraparound"
+        );
+    }
+
+    #[test]
+    fn invalidated_or_changed_copy_is_recreated() {
+        let mut l = local(true, 100, 200, 10);
+        l.invalidated = true;
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Recreate { .. }
+        ));
+        let mut l = local(true, 100, 200, 10);
+        l.plugin = "test_decoding".into();
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Recreate { .. }
+        ));
+    }
+
+    #[test]
+    fn extra_copies_are_dropped_only_when_ours_and_allowed() {
+        let l = local(true, 100, 200, 10);
+        assert!(should_drop_extra(&l, false, true));
+        assert!(!should_drop_extra(&l, true, true));
+        assert!(!should_drop_extra(&l, false, false));
+        // A temporary reservation whose slot is gone is always released.
+        assert!(should_drop_extra(&local(false, 100, 100, 10), false, false));
+    }
+}
