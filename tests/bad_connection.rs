@@ -109,13 +109,11 @@ fn wrong_password_and_unreachable_primary_are_logged_and_retried() {
     }
 }
 
-#[test]
-fn sigterm_interrupts_a_hanging_connection_attempt() {
-    // A "primary" that accepts TCP connections and never answers.
+/// A primary, and a standby whose worker is stuck connecting to a "primary"
+/// that accepts TCP connections and never answers (the listener returned).
+fn standby_stuck_connecting(dir: &TestDir) -> (TcpListener, Node, Node, String) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-
-    let dir = TestDir::new("hanging_primary");
     let primary = dir.primary("primary");
     primary.start();
     let standby = dir.standby("standby1", &primary);
@@ -128,6 +126,13 @@ fn sigterm_interrupts_a_hanging_connection_attempt() {
         "connecting to the primary server",
     );
     let pid = worker_pid(&standby);
+    (listener, primary, standby, pid)
+}
+
+#[test]
+fn sigterm_interrupts_a_hanging_connection_attempt() {
+    let dir = TestDir::new("hanging_primary");
+    let (listener, _primary, standby, pid) = standby_stuck_connecting(&dir);
     // Without an interruptible wait the worker would sit in connect for an hour.
     let o = standby.log_offset();
     assert_eq!(
@@ -150,22 +155,8 @@ fn sigterm_interrupts_a_hanging_connection_attempt() {
 
 #[test]
 fn reload_interrupts_a_hanging_connection_attempt() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let hanging = listener.local_addr().unwrap().port();
-
     let dir = TestDir::new("reload_hanging");
-    let primary = dir.primary("primary");
-    primary.start();
-    let standby = dir.standby("standby1", &primary);
-    standby.append_conf(&format!(
-        "sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={hanging} connect_timeout=3600 dbname=postgres'"
-    ));
-    standby.start();
-    standby.poll_query_until(
-        "SELECT query FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
-        "connecting to the primary server",
-    );
-    let pid = worker_pid(&standby);
+    let (listener, primary, standby, pid) = standby_stuck_connecting(&dir);
 
     // New settings while the worker waits on the network: used at once, not in an hour,
     // and by the same worker process (no restart).

@@ -121,23 +121,7 @@ impl TestDir {
     /// A new primary: `initdb`, logical WAL, the extension preloaded.
     pub fn primary(&self, name: &str) -> Node {
         let node = self.node(name);
-        run(
-            {
-                let mut c = pg_command("initdb");
-                c.args([
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-N",
-                    "--no-instructions",
-                    "-D",
-                ])
-                .arg(&node.datadir);
-                c
-            },
-            &format!("initdb {name}"),
-        );
+        node.initdb();
         node.append_conf(&format!(
             "port = {port}
 listen_addresses = '127.0.0.1'
@@ -192,23 +176,7 @@ fsync = off
     /// A plain cluster (no preload, no replication), e.g. a subscriber.
     pub fn plain(&self, name: &str) -> Node {
         let node = self.node(name);
-        run(
-            {
-                let mut c = pg_command("initdb");
-                c.args([
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-N",
-                    "--no-instructions",
-                    "-D",
-                ])
-                .arg(&node.datadir);
-                c
-            },
-            &format!("initdb {name}"),
-        );
+        node.initdb();
         node.append_conf(&format!(
             "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nfsync = off\n",
             node.port,
@@ -263,6 +231,27 @@ pub struct Node {
 }
 
 impl Node {
+    /// A new cluster in this node's directory; only the `postgres` role, trusted locally.
+    fn initdb(&self) {
+        run(
+            {
+                let mut c = pg_command("initdb");
+                c.args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-N",
+                    "--no-instructions",
+                    "-D",
+                ])
+                .arg(&self.datadir);
+                c
+            },
+            &format!("initdb {}", self.name),
+        );
+    }
+
     pub fn append_conf(&self, text: &str) {
         let conf = self.datadir.join("postgresql.conf");
         let mut current = fs::read_to_string(&conf).expect("read postgresql.conf");
