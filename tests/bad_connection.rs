@@ -12,10 +12,6 @@ use std::net::TcpListener;
 const WRONG: &str = "Wr0ngPassw0rd";
 const RIGHT: &str = "R1ghtPassw0rd";
 
-fn worker_pid(node: &Node) -> String {
-    node.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'")
-}
-
 #[test]
 fn wrong_password_and_unreachable_primary_are_logged_and_retried() {
     let dir = TestDir::new("bad_connection");
@@ -48,7 +44,7 @@ fn wrong_password_and_unreachable_primary_are_logged_and_retried() {
         "Connection settings come from sync_logical_slot.primary_conninfo. Attempt 2 failed",
         o,
     );
-    let pid = worker_pid(&standby);
+    let pid = standby.worker_pid();
     assert!(standby.is_running());
 
     // Unreachable: the same, and the worker is still the same process (no crash loop).
@@ -67,7 +63,7 @@ fn wrong_password_and_unreachable_primary_are_logged_and_retried() {
     standby.wait_for_log("could not connect to the primary server", o);
     standby.wait_for_log("Attempt 1 failed", o);
     assert_eq!(
-        worker_pid(&standby),
+        standby.worker_pid(),
         pid,
         "the worker should retry, not restart"
     );
@@ -121,11 +117,8 @@ fn standby_stuck_connecting(dir: &TestDir) -> (TcpListener, Node, Node, String) 
         "sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={port} connect_timeout=3600 dbname=postgres'"
     ));
     standby.start();
-    standby.poll_query_until(
-        "SELECT query FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
-        "connecting to the primary server",
-    );
-    let pid = worker_pid(&standby);
+    standby.poll_query_until(WORKER_ACTIVITY, "connecting to the primary server");
+    let pid = standby.worker_pid();
     (listener, primary, standby, pid)
 }
 
@@ -171,7 +164,7 @@ fn reload_interrupts_a_hanging_connection_attempt() {
         o,
     );
     assert_eq!(
-        worker_pid(&standby),
+        standby.worker_pid(),
         pid,
         "the worker should not have restarted"
     );

@@ -9,8 +9,6 @@
 mod common;
 use common::*;
 
-const CONNECTIONS_FROM_WORKERS: &str =
-    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'";
 const MISSING_FEEDBACK: &str =
     "sync_logical_slot cannot sync slots: hot_standby_feedback is off on this standby";
 
@@ -33,8 +31,7 @@ fn missing_hot_standby_feedback_is_reported_once_and_fixed_by_reload() {
     );
     // Several naptimes (200 ms) later: still one line, the worker alive and not restarted,
     // the server up, and no connection to the primary.
-    let pid = standby
-        .sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'");
+    let pid = standby.worker_pid();
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(
         count(&standby.log_since(0), MISSING_FEEDBACK),
@@ -43,9 +40,7 @@ fn missing_hot_standby_feedback_is_reported_once_and_fixed_by_reload() {
         standby.log_tail()
     );
     assert_eq!(
-        standby.sql(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'"
-        ),
+        standby.worker_pid(),
         pid,
         "the worker should wait, not exit and restart"
     );

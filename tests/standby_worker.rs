@@ -13,10 +13,6 @@ use common::*;
 
 const WORKER: &str =
     "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'";
-const WORKER_ACTIVITY: &str =
-    "SELECT query FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'";
-const CONNECTIONS_FROM_WORKERS: &str =
-    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'";
 
 #[test]
 fn worker_reads_primary_slots_on_standby_and_idles_on_primary() {

@@ -21,6 +21,13 @@ use std::rc::Rc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// The worker's row in `pg_stat_activity`: its state is in `query`.
+pub const WORKER_ACTIVITY: &str =
+    "SELECT query FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'";
+/// Connections that a sync worker (of any standby) holds on this server.
+pub const CONNECTIONS_FROM_WORKERS: &str =
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'";
+
 /// How long any wait in a test may last before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(100);
@@ -231,6 +238,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The pid of this server's sync worker.
+    pub fn worker_pid(&self) -> String {
+        self.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'")
+    }
+
     /// A new cluster in this node's directory; only the `postgres` role, trusted locally.
     fn initdb(&self) {
         run(
