@@ -50,6 +50,22 @@ impl SyncError {
         }
     }
 
+    /// An ERROR (or panic) caught while syncing, as a value.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> SyncError {
+        use pgrx::pg_sys::panic::CaughtError;
+        let message = match payload.downcast_ref::<CaughtError>() {
+            Some(CaughtError::PostgresError(e))
+            | Some(CaughtError::ErrorReport(e))
+            | Some(CaughtError::RustPanic { ereport: e, .. }) => e.message().to_string(),
+            None => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into()),
+        };
+        SyncError::Internal(message)
+    }
+
     /// For SQL callers: an ERROR with this variant's SQLSTATE and hint.
     pub fn report(&self) -> ErrorReport {
         let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "sync_logical_slot");

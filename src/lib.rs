@@ -9,11 +9,16 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+pub mod api; // SQL functions and the status view
 pub mod conninfo; // connection strings: parse, override, redact (pure)
 pub mod error; // SyncError and its SQLSTATEs
 pub mod guc; // settings, check hooks, typed accessors
 pub mod plan; // per-slot decisions (pure)
 pub mod remote; // the primary connection and the remote slot query
+pub mod slot; // the only file touching ReplicationSlot internals
+pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
+pub mod status; // per-slot sync state in shared memory
+pub mod sync; // one sync pass: read, decide, apply (the safety argument)
 pub mod types; // Lsn, Xid, RemoteSlot, SlotFilter (pure)
 pub mod worker; // background worker registration and main loop
 
@@ -45,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     guc::init();
+    status::init();
     worker::register();
 }
 

@@ -18,7 +18,7 @@
 //!   protected on the primary by this standby's feedback;
 //! - nothing here waits: a slot that cannot move says why, and the pass goes on.
 //!
-//! Not wired into the worker yet (issue 3): the worker only reads the primary's slots.
+//! `sync.rs` runs it for every selected slot in each pass and applies the result.
 
 use crate::types::{Lsn, RemoteSlot, Xid};
 
@@ -56,6 +56,8 @@ pub struct Target {
     pub restart_lsn: Lsn,
     pub confirmed_flush_lsn: Lsn,
     pub catalog_xmin: Xid,
+    /// Two-phase decoding, once enabled on the primary's slot, is enabled on the copy.
+    pub two_phase: bool,
 }
 
 /// The per-slot state shown in the status view.
@@ -149,6 +151,14 @@ pub fn plan(
             ),
         };
     }
+    if remote.is_being_created() {
+        return Action::Keep {
+            state: State::WaitingForRemote,
+            reason: Some(
+                "the primary's slot is still being created (it has no consistent point yet)".into(),
+            ),
+        };
+    }
     let Some(local) = local else {
         return Action::Create;
     };
@@ -193,6 +203,7 @@ pub fn plan(
         restart_lsn: local.restart_lsn,
         confirmed_flush_lsn: local.confirmed_flush_lsn,
         catalog_xmin: local.catalog_xmin,
+        two_phase: local.two_phase,
     };
     if target == current && !persist {
         let reason = match state {
@@ -247,6 +258,7 @@ pub fn advance_target(
         // confirmed_flush_lsn is never behind restart_lsn.
         confirmed_flush_lsn: confirmed.max(restart_lsn),
         catalog_xmin,
+        two_phase: local.two_phase || remote.two_phase,
     }
 }
 
@@ -400,7 +412,8 @@ mod tests {
                     Target {
                         restart_lsn: Lsn(160),
                         confirmed_flush_lsn: Lsn(200),
-                        catalog_xmin: Xid(25)
+                        catalog_xmin: Xid(25),
+                        two_phase: false,
                     }
                 );
                 assert_eq!(state, State::Synced);
@@ -457,7 +470,8 @@ mod tests {
             Target {
                 restart_lsn: Lsn(150),
                 confirmed_flush_lsn: Lsn(250),
-                catalog_xmin: Xid(20)
+                catalog_xmin: Xid(20),
+                two_phase: false,
             }
         );
     }
@@ -528,6 +542,29 @@ mod tests {
                 reason: None
             }
         );
+    }
+
+    #[test]
+    fn a_slot_still_being_created_on_the_primary_waits() {
+        let r = remote(100, 0, 10);
+        assert!(matches!(
+            plan(&r, None, &standby(300, 10), true, true),
+            Action::Keep {
+                state: State::WaitingForRemote,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn two_phase_follows_the_primary() {
+        let l = local(true, 100, 200, 10);
+        let mut r = remote(100, 200, 10);
+        r.two_phase = true;
+        match plan(&r, Some(&l), &standby(300, 10), true, true) {
+            Action::Advance { target, .. } => assert!(target.two_phase),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -219,11 +219,75 @@ impl Primary {
         Ok(out)
     }
 
-    /// Every logical slot of the primary, in name order.
-    pub fn fetch_slots(&mut self) -> Result<Vec<RemoteSlot>, SyncError> {
-        let rows = self.query(REMOTE_SLOTS_QUERY, 8)?;
-        rows.into_iter().map(|r| parse_slot_row(&r)).collect()
+    /// Every logical slot of the primary, in name order, and the
+    /// `catalog_xmin` that the primary holds for this standby's physical slot
+    /// `physical_slot` (its hot_standby_feedback; INVALID when it has none).
+    pub fn fetch_slots(
+        &mut self,
+        physical_slot: &str,
+    ) -> Result<(Vec<RemoteSlot>, Xid), SyncError> {
+        let sql = REMOTE_SLOTS_QUERY.replace("$physical", &pgrx::spi::quote_literal(physical_slot));
+        let rows = self.query(&sql, 9)?;
+        let mut logical = Vec::with_capacity(rows.len());
+        let mut feedback = Xid::INVALID;
+        for row in rows {
+            if row.get(8).cloned().flatten().as_deref() == Some("logical") {
+                logical.push(parse_slot_row(&row)?);
+            } else {
+                feedback = parse_slot_row(&row)?.catalog_xmin;
+            }
+        }
+        Ok((logical, feedback))
     }
+
+    /// The primary's serialized decoding snapshot for `lsn`, if it has one
+    /// (`pg_logical/snapshots`, read with pg_read_binary_file: the role needs
+    /// superuser or pg_read_server_files).
+    pub fn read_snapshot(&mut self, lsn: Lsn) -> Result<Option<Vec<u8>>, SyncError> {
+        let sql = format!(
+            "SELECT pg_catalog.encode(pg_catalog.pg_read_binary_file(f.path, 0, s.size, true), 'hex')
+               FROM (SELECT {} AS path) f, LATERAL pg_catalog.pg_stat_file(f.path, true) s",
+            pgrx::spi::quote_literal(crate::snapshot::remote_path(lsn))
+        );
+        let rows = self.query(&sql, 1)?;
+        match rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+        {
+            None => Ok(None),
+            Some(hex) => decode_hex(&hex).map(Some).ok_or_else(|| {
+                SyncError::RemoteQuery("the snapshot file came back garbled".into())
+            }),
+        }
+    }
+
+    /// The primary's current `restart_lsn` of one slot (None: the slot is gone).
+    pub fn restart_lsn_of(&mut self, slot: &str) -> Result<Option<Lsn>, SyncError> {
+        let sql = format!(
+            "SELECT restart_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            pgrx::spi::quote_literal(slot)
+        );
+        let rows = self.query(&sql, 1)?;
+        match rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+        {
+            None => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(SyncError::RemoteQuery),
+        }
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl Drop for Primary {
@@ -235,19 +299,20 @@ impl Drop for Primary {
     }
 }
 
+// The logical slots, and this standby's physical slot ($physical) for its feedback.
 #[cfg(not(feature = "pg13"))]
 const REMOTE_SLOTS_QUERY: &str =
     "SELECT slot_name::text, plugin::text, database::text, two_phase::text,
-        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status
+        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type
    FROM pg_catalog.pg_replication_slots
-  WHERE slot_type = 'logical' AND NOT temporary
+  WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical
   ORDER BY slot_name";
 
 #[cfg(feature = "pg13")]
 const REMOTE_SLOTS_QUERY: &str = "SELECT slot_name::text, plugin::text, database::text, 'false',
-        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status
+        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type
    FROM pg_catalog.pg_replication_slots
-  WHERE slot_type = 'logical' AND NOT temporary
+  WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical
   ORDER BY slot_name";
 
 /// One row of `REMOTE_SLOTS_QUERY`. Positions may be NULL (slot invalidated).
@@ -321,6 +386,13 @@ mod tests {
         .unwrap();
         assert!(slot.is_invalidated());
         assert_eq!(slot.catalog_xmin, Xid::INVALID);
+    }
+
+    #[test]
+    fn decodes_hex() {
+        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("zz"), None);
     }
 
     #[test]

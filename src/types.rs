@@ -104,7 +104,13 @@ pub struct RemoteSlot {
 impl RemoteSlot {
     /// The primary can no longer decode from this slot: copying it is pointless.
     pub fn is_invalidated(&self) -> bool {
-        self.wal_status == "lost" || !self.restart_lsn.is_valid()
+        self.wal_status == "lost"
+    }
+
+    /// The slot is still being created on the primary (no consistent point yet).
+    pub fn is_being_created(&self) -> bool {
+        !self.is_invalidated()
+            && (!self.restart_lsn.is_valid() || !self.confirmed_flush_lsn.is_valid())
     }
 }
 
@@ -341,8 +347,10 @@ mod tests {
         assert!(!s.is_invalidated());
         s.wal_status = "lost".into();
         assert!(s.is_invalidated());
-        s.wal_status = "reserved".into();
+        assert!(!s.is_being_created());
+        s.wal_status = String::new();
         s.restart_lsn = Lsn::INVALID;
-        assert!(s.is_invalidated());
+        assert!(!s.is_invalidated(), "no restart_lsn yet is not invalidated");
+        assert!(s.is_being_created());
     }
 }

@@ -5,8 +5,13 @@
 //! - a primary (or a promoted standby): nothing to sync; sleep until signalled;
 //! - a standby without `hot_standby_feedback` or `primary_slot_name`: say which
 //!   setting is missing in one LOG line, and wait for a reload;
-//! - a standby: connect to the primary (with backoff when it cannot), read its
-//!   logical slots, and sleep at most `sync_logical_slot.naptime`.
+//! - a standby: connect to the primary (with backoff when it cannot), run one
+//!   sync pass (`sync.rs`), and sleep: briefly after a pass that changed
+//!   something, at most `sync_logical_slot.naptime` otherwise.
+//!
+//! When the server is promoted, the worker drops the copies that never became
+//! persistent (temporary slots it owns), empties the status table, and stops
+//! syncing; the persistent copies stay as ordinary logical slots.
 //!
 //! SIGTERM uses PostgreSQL's own `die` handler, so that it also interrupts a
 //! connection attempt or query inside libpqwalreceiver; SIGHUP sets
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -27,7 +32,9 @@ use crate::conninfo::{worker_conninfo, ConnSource};
 use crate::error::SyncError;
 use crate::guc;
 use crate::remote::{source_conninfo, Primary};
-use crate::types::RemoteSlot;
+use crate::slot;
+use crate::status;
+use crate::sync::Syncer;
 
 /// `pg_stat_activity.backend_type` of the worker.
 pub const WORKER_TYPE: &str = "sync_logical_slot worker";
@@ -127,8 +134,7 @@ struct Worker {
     conn_settings: Vec<String>,
     failures: u32,
     retry_at: Option<Instant>,
-    /// Names of the selected remote slots, as last logged.
-    seen: Option<Vec<String>>,
+    syncer: Syncer,
 }
 
 impl Worker {
@@ -164,6 +170,12 @@ impl Worker {
     fn step(&mut self) -> Option<Duration> {
         // SAFETY: plain reads of shared state.
         if !unsafe { pg_sys::RecoveryInProgress() } {
+            if self.mode.is_some() && self.mode != Some(Mode::NotStandby) {
+                // Promoted: copies that never became persistent were never
+                // safe to use; the persistent ones are now ordinary slots.
+                slot::drop_own_temporary_slots();
+                status::clear();
+            }
             self.enter(Mode::NotStandby);
             self.disconnect();
             return None;
@@ -206,12 +218,18 @@ impl Worker {
         }
 
         let primary = self.primary.as_mut().expect("connected above");
-        match signals::interruptible_by_reload(|| in_transaction(|| primary.fetch_slots())) {
-            Ok(slots) => {
+        let syncer = &mut self.syncer;
+        match signals::interruptible_by_reload(|| in_transaction(|| syncer.pass(primary))) {
+            Ok(counts) => {
                 self.failures = 0;
                 self.retry_at = None;
-                self.observe(slots);
-                Some(guc::naptime())
+                report_activity("syncing replication slots");
+                // Something moved: look again soon, it often moves on.
+                Some(if counts.changed() {
+                    (guc::naptime() / 4).max(Duration::from_millis(10))
+                } else {
+                    guc::naptime()
+                })
             }
             Err(_) if signals::reload_pending() => {
                 self.disconnect();
@@ -244,43 +262,8 @@ impl Worker {
         delay
     }
 
-    fn observe(&mut self, slots: Vec<RemoteSlot>) {
-        let filter = guc::slot_filter();
-        let selected: Vec<String> = slots
-            .iter()
-            .filter(|s| filter.selects(&s.name, &s.plugin))
-            .map(|s| s.name.clone())
-            .collect();
-        report_activity(&format!(
-            "primary server has {} logical slot(s) selected for sync",
-            selected.len()
-        ));
-        if self.seen.as_ref() != Some(&selected) {
-            let detail = if selected.is_empty() {
-                format!(
-                    "The primary has {} logical slot(s); sync_logical_slot.slot_names = '{}' selects none of them.",
-                    slots.len(),
-                    guc::slot_names()
-                )
-            } else {
-                format!("Selected slots: {}.", selected.join(", "))
-            };
-            log(
-                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                &format!(
-                    "primary server has {} logical slot(s) selected for sync",
-                    selected.len()
-                ),
-                Some(detail),
-                None,
-            );
-            self.seen = Some(selected);
-        }
-    }
-
     fn disconnect(&mut self) {
         self.primary = None;
-        self.seen = None;
     }
 
     /// Logs a change of mode, once.
@@ -312,8 +295,12 @@ impl Worker {
                 log(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     &format!("sync_logical_slot cannot sync slots: {what} on this standby"),
-                    Some("Without hot_standby_feedback and a physical slot (primary_slot_name) the primary may remove catalog rows that the copies of its logical slots still need.".into()),
-                    Some("Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."),
+                    Some("Without hot_standby_feedback and a physical slot (primary_slot_name) the primary may remove catalog rows that the copies of its logical slots still need; without wal_level = logical a server holding logical slots does not start.".into()),
+                    Some(if missing.iter().any(|m| m.starts_with("wal_level")) {
+                        "Set hot_standby_feedback = on, primary_slot_name and wal_level = logical in postgresql.conf, then restart the standby (wal_level needs a restart)."
+                    } else {
+                        "Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."
+                    }),
                 );
             }
             Mode::Standby => {
@@ -350,6 +337,10 @@ fn missing_prerequisites() -> Vec<&'static str> {
     if guc::server_setting(c"primary_slot_name").trim().is_empty() {
         missing.push("primary_slot_name is not set");
     }
+    // A logical slot on disk stops a server with a lower wal_level from starting.
+    if guc::server_setting(c"wal_level") != "logical" {
+        missing.push("wal_level is not logical");
+    }
     missing
 }
 
@@ -385,20 +376,11 @@ fn in_transaction<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, Sync
     match result {
         Ok(r) => r,
         Err(payload) => {
+            slot::release_if_held();
             // SAFETY: aborting whatever transaction state the error left behind;
             // a no-op when none is open.
             unsafe { pg_sys::AbortCurrentTransaction() };
-            let message = match payload.downcast_ref::<CaughtError>() {
-                Some(CaughtError::PostgresError(e))
-                | Some(CaughtError::ErrorReport(e))
-                | Some(CaughtError::RustPanic { ereport: e, .. }) => e.message().to_string(),
-                None => payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown error".into()),
-            };
-            Err(SyncError::Internal(message))
+            Err(SyncError::from_panic(payload))
         }
     }
 }

@@ -511,3 +511,34 @@ fn tail(text: &str, max: usize) -> String {
 pub fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
+
+/// The logical slots of a node, one line each: name|temporary|restart_lsn|confirmed_flush_lsn|catalog_xmin.
+pub const LOGICAL_SLOTS: &str =
+    "SELECT slot_name, temporary, restart_lsn, confirmed_flush_lsn, catalog_xmin
+   FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name";
+
+/// The state column of the standby's status view for one slot.
+pub fn status_of(slot: &str) -> String {
+    format!("SELECT state FROM sync_logical_slot_status WHERE slot_name = '{slot}'")
+}
+
+/// Waits until the standby's copy of `slot` is persistent, ready, and stands
+/// where the primary's slot stands now (restart_lsn, confirmed_flush_lsn, catalog_xmin).
+pub fn wait_for_copy(standby: &Node, primary: &Node, slot: &str) {
+    let remote = primary.sql(&format!(
+        "SELECT restart_lsn || '|' || confirmed_flush_lsn || '|' || catalog_xmin
+           FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    assert!(!remote.is_empty(), "the primary has no slot {slot}");
+    standby.poll_query_until(
+        &format!(
+            "SELECT NOT temporary AND restart_lsn || '|' || confirmed_flush_lsn || '|' || catalog_xmin = '{remote}'
+               FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
+        "t",
+    );
+    standby.poll_query_until(
+        &format!("SELECT ready FROM sync_logical_slot_status WHERE slot_name = '{slot}'"),
+        "t",
+    );
+}

@@ -1,0 +1,391 @@
+//! The only file that touches PostgreSQL's replication slot internals.
+//!
+//! Every call into `ReplicationSlot*`, the slot array and the locks that guard
+//! it is wrapped here, once. The sync module above decides; this module does.
+//!
+//! How a copy lives on a standby (PostgreSQL 13-16 forbid
+//! `pg_create_logical_replication_slot` in recovery, so the copy is made with
+//! the internal API, as pg_failover_slots and PostgreSQL 17 do):
+//! - created as a *temporary* slot (`RS_TEMPORARY`) owned by the worker, that
+//!   reserves the standby's own WAL horizon (its last restartpoint) and its
+//!   oldest safe decoding xid as `catalog_xmin`. A temporary slot vanishes if
+//!   the worker exits or the server restarts: nothing half-made survives;
+//! - a marker file `pg_replslot/<name>/sync_logical_slot` records that this
+//!   extension made the slot. It lives in the slot's own directory, so it is
+//!   written durably with the slot, removed with it by whoever drops it, and
+//!   left out of base backups together with it;
+//! - moved forward by writing the slot's persistent data under its spinlock,
+//!   saved to disk *before* the in-memory horizons (`effective_catalog_xmin`)
+//!   move, so that a crash never leaves a slot on disk that claims rows or WAL
+//!   already given up;
+//! - made persistent with `ReplicationSlotPersist` once the sync module says so.
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use pgrx::pg_sys;
+
+use crate::error::SyncError;
+use crate::plan::Target;
+use crate::types::{Lsn, Xid};
+
+/// Name of the ownership marker inside a slot's directory.
+const OWNER_MARKER: &str = "sync_logical_slot";
+
+// C macros absent from the bindings: indexes into MainLWLockArray
+// (storage/lwlocknames.h, the same in PostgreSQL 13 to 16). A pg_test checks
+// the names against the running server.
+const PROC_ARRAY_LOCK: usize = 4;
+const SLOT_ALLOCATION_LOCK: usize = 36;
+const SLOT_CONTROL_LOCK: usize = 37;
+
+fn main_lock(index: usize) -> *mut pg_sys::LWLock {
+    // SAFETY: MainLWLockArray is set up at startup and has more than 37 entries.
+    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(index)).lock }
+}
+
+/// The wait-event name of a main lock, e.g. "ReplicationSlotControl" (for the pg_test).
+pub fn main_lock_name(index: usize) -> String {
+    // SAFETY: the lock exists (see main_lock); the name is a static string.
+    unsafe {
+        let tranche = (*main_lock(index)).tranche;
+        let name = pg_sys::GetLWLockIdentifier(pg_sys::PG_WAIT_LWLOCK, tranche);
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
+pub const LOCKS_FOR_TEST: [(usize, &str); 3] = [
+    (PROC_ARRAY_LOCK, "ProcArray"),
+    (SLOT_ALLOCATION_LOCK, "ReplicationSlotAllocation"),
+    (SLOT_CONTROL_LOCK, "ReplicationSlotControl"),
+];
+
+/// One logical slot of this server, as its slot array has it.
+#[derive(Clone, Debug)]
+pub struct Local {
+    pub name: String,
+    pub database_oid: pg_sys::Oid,
+    pub plugin: String,
+    pub persistent: bool,
+    pub active_pid: i32,
+    pub two_phase: bool,
+    pub invalidated: bool,
+    pub restart_lsn: Lsn,
+    pub confirmed_flush_lsn: Lsn,
+    pub catalog_xmin: Xid,
+}
+
+fn name_str(n: &pg_sys::NameData) -> String {
+    // SAFETY: NameData is a NUL-terminated char array of NAMEDATALEN bytes.
+    unsafe { CStr::from_ptr(n.data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn slot_array() -> impl Iterator<Item = *mut pg_sys::ReplicationSlot> {
+    // SAFETY: the array has max_replication_slots entries (a flexible array
+    // member in C, declared with length 1 in the bindings).
+    let (base, n) = unsafe {
+        (
+            (&raw mut (*pg_sys::ReplicationSlotCtl).replication_slots)
+                .cast::<pg_sys::ReplicationSlot>(),
+            pg_sys::max_replication_slots.max(0) as usize,
+        )
+    };
+    (0..n).map(move |i| unsafe { base.add(i) })
+}
+
+/// Every logical slot in use on this server.
+pub fn local_logical_slots() -> Vec<Local> {
+    let mut out = Vec::new();
+    // SAFETY: slots are read under ReplicationSlotControlLock (no slot is
+    // created or dropped meanwhile) and each one's fields under its spinlock.
+    unsafe {
+        pg_sys::LWLockAcquire(main_lock(SLOT_CONTROL_LOCK), pg_sys::LWLockMode::LW_SHARED);
+        for s in slot_array() {
+            if !(*s).in_use {
+                continue;
+            }
+            pg_sys::SpinLockAcquire(&raw mut (*s).mutex);
+            let d = (*s).data;
+            let active_pid = (*s).active_pid;
+            pg_sys::SpinLockRelease(&raw mut (*s).mutex);
+            if d.database == pg_sys::InvalidOid {
+                continue; // physical
+            }
+            out.push(Local {
+                name: name_str(&d.name),
+                database_oid: d.database,
+                plugin: name_str(&d.plugin),
+                persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+                active_pid,
+                two_phase: d.two_phase,
+                invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
+                restart_lsn: Lsn(d.restart_lsn),
+                confirmed_flush_lsn: Lsn(d.confirmed_flush),
+                catalog_xmin: Xid(d.catalog_xmin.into_inner()),
+            });
+        }
+        pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
+    }
+    out
+}
+
+fn marker_path(name: &str) -> PathBuf {
+    PathBuf::from("pg_replslot").join(name).join(OWNER_MARKER)
+}
+
+/// Whether this extension created the slot (its directory holds our marker).
+pub fn is_ours(name: &str) -> bool {
+    marker_path(name).exists()
+}
+
+/// Writes the ownership marker durably (file and directory fsynced).
+fn mark_ours(name: &str) -> Result<(), SyncError> {
+    let path = marker_path(name);
+    let io = |e: std::io::Error| {
+        SyncError::Internal(format!("could not write file \"{}\": {e}", path.display()))
+    };
+    let mut f = fs::File::create(&path).map_err(io)?;
+    f.write_all(b"created by sync_logical_slot as a copy of the primary server's slot\n")
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The acquired slot; released on drop, also when an ERROR unwinds through.
+struct Acquired;
+
+impl Acquired {
+    fn new(name: &str) -> Acquired {
+        let c = CString::new(name).expect("slot names have no NUL");
+        // SAFETY: no slot is acquired by this process (Acquired values never nest);
+        // nowait: a slot busy elsewhere is an ERROR for this slot, not a wait.
+        unsafe { pg_sys::ReplicationSlotAcquire(c.as_ptr(), true) };
+        Acquired
+    }
+
+    fn slot(&self) -> *mut pg_sys::ReplicationSlot {
+        // SAFETY: set by ReplicationSlotAcquire/Create while this value lives.
+        unsafe { pg_sys::MyReplicationSlot }
+    }
+}
+
+impl Drop for Acquired {
+    fn drop(&mut self) {
+        release_if_held();
+    }
+}
+
+/// Releases the slot this process holds, if any (also after an ERROR).
+pub fn release_if_held() {
+    // SAFETY: MyReplicationSlot is this process's; release is what core's
+    // error recovery does too.
+    unsafe {
+        if !pg_sys::MyReplicationSlot.is_null() {
+            pg_sys::ReplicationSlotRelease();
+        }
+    }
+}
+
+/// Creates a temporary copy that reserves this standby's WAL and catalog
+/// horizons, marks it ours, and returns it.
+pub fn create_temporary(
+    name: &str,
+    database_oid: pg_sys::Oid,
+    plugin: &str,
+    two_phase: bool,
+) -> Result<Local, SyncError> {
+    let c = CString::new(name).expect("slot names have no NUL");
+    // SAFETY: the worker holds no slot; ReplicationSlotCreate leaves the new
+    // slot acquired in MyReplicationSlot, and `guard` releases it.
+    let guard = unsafe {
+        create_slot(&c, two_phase);
+        Acquired
+    };
+    let slot = guard.slot();
+    // SAFETY: the slot is ours and acquired. Fields are written under its
+    // spinlock; the catalog_xmin reservation under ProcArrayLock, as core's
+    // CreateInitDecodingContext does, so that no concurrent horizon
+    // computation passes it by.
+    unsafe {
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).data.database = database_oid;
+        let p = &mut (*slot).data.plugin.data;
+        let room = p.len() - 1;
+        p.fill(0);
+        for (d, s) in p.iter_mut().zip(plugin.bytes().take(room)) {
+            *d = s as std::ffi::c_char;
+        }
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+
+        // In recovery this reserves from the last restartpoint's redo pointer.
+        pg_sys::ReplicationSlotReserveWal();
+
+        pg_sys::LWLockAcquire(main_lock(PROC_ARRAY_LOCK), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).effective_catalog_xmin = xmin;
+        (*slot).data.catalog_xmin = xmin;
+        (*slot).data.confirmed_flush = (*slot).data.restart_lsn;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(true);
+        pg_sys::LWLockRelease(main_lock(PROC_ARRAY_LOCK));
+
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotSave();
+    }
+    mark_ours(name)?;
+    // SAFETY: reading the slot we hold.
+    let local = unsafe { snapshot_of(slot) };
+    drop(guard);
+    Ok(local)
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn create_slot(name: &CStr, _two_phase: bool) {
+    unsafe {
+        pg_sys::ReplicationSlotCreate(
+            name.as_ptr(),
+            true,
+            pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
+        )
+    }
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn create_slot(name: &CStr, two_phase: bool) {
+    // SAFETY: see create_temporary.
+    unsafe {
+        pg_sys::ReplicationSlotCreate(
+            name.as_ptr(),
+            true,
+            pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
+            two_phase,
+        )
+    }
+}
+
+unsafe fn snapshot_of(slot: *mut pg_sys::ReplicationSlot) -> Local {
+    // SAFETY: the caller holds the slot; fields are read under its spinlock.
+    unsafe {
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let d = (*slot).data;
+        let active_pid = (*slot).active_pid;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        Local {
+            name: name_str(&d.name),
+            database_oid: d.database,
+            plugin: name_str(&d.plugin),
+            persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+            active_pid,
+            two_phase: d.two_phase,
+            invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
+            restart_lsn: Lsn(d.restart_lsn),
+            confirmed_flush_lsn: Lsn(d.confirmed_flush),
+            catalog_xmin: Xid(d.catalog_xmin.into_inner()),
+        }
+    }
+}
+
+/// Moves a copy to `target` (the sync module guarantees: forward only, within
+/// the flushed WAL) and makes it persistent if asked. Saves it to disk before
+/// the in-memory horizons move.
+pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncError> {
+    let guard = Acquired::new(name);
+    let slot = guard.slot();
+    // SAFETY: the slot is acquired by this process; fields under its spinlock.
+    unsafe {
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).data.restart_lsn = target.restart_lsn.0;
+        (*slot).data.confirmed_flush = target.confirmed_flush_lsn.0;
+        (*slot).data.catalog_xmin = pg_sys::TransactionId::from_inner(target.catalog_xmin.0);
+        if target.two_phase {
+            (*slot).data.two_phase = true;
+        }
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotMarkDirty();
+        if persist {
+            // Marks it persistent and saves it.
+            pg_sys::ReplicationSlotPersist();
+        } else {
+            pg_sys::ReplicationSlotSave();
+        }
+        // Only now, with the new positions on disk, let the horizons move.
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).effective_catalog_xmin = pg_sys::TransactionId::from_inner(target.catalog_xmin.0);
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+    }
+    drop(guard);
+    Ok(())
+}
+
+/// Drops a slot (nowait: a slot in use is an ERROR for this slot, not a wait).
+pub fn drop_slot(name: &str) {
+    let c = CString::new(name).expect("slot names have no NUL");
+    // SAFETY: the worker holds no slot; ReplicationSlotDrop acquires, then drops.
+    unsafe { pg_sys::ReplicationSlotDrop(c.as_ptr(), true) }
+}
+
+/// Drops every temporary slot this process created (the copies that never
+/// became persistent). Used once the server is promoted.
+pub fn drop_own_temporary_slots() {
+    release_if_held();
+    // SAFETY: drops the temporary slots whose active_pid is this process.
+    unsafe { pg_sys::ReplicationSlotCleanup() }
+}
+
+/// The WAL this standby has received and flushed, or replayed (whichever is
+/// further): nothing beyond it may be claimed by a copy.
+pub fn flushed_lsn() -> Lsn {
+    // SAFETY: plain reads of shared positions.
+    unsafe {
+        let received = pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut());
+        let replayed = pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut());
+        Lsn(received.max(replayed))
+    }
+}
+
+/// Asks the walreceiver to send hot_standby_feedback now (it does after a
+/// SIGHUP), so that a new copy's catalog_xmin is protected on the primary in
+/// milliseconds rather than at the next wal_receiver_status_interval.
+pub fn request_feedback() {
+    // SAFETY: WalRcv is shared memory set up at startup; its pid is read
+    // under its spinlock, as core does.
+    unsafe {
+        let rcv = pg_sys::WalRcv;
+        if rcv.is_null() {
+            return;
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*rcv).mutex);
+        let pid = (*rcv).pid;
+        pg_sys::SpinLockRelease(&raw mut (*rcv).mutex);
+        if pid > 0 {
+            libc::kill(pid, libc::SIGHUP);
+        }
+    }
+}
+
+/// The local OID of a database, if it exists. Call inside a transaction.
+pub fn database_oid(name: &str) -> Option<pg_sys::Oid> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: catalog lookup inside a transaction; missing_ok.
+    let oid = unsafe { pg_sys::get_database_oid(c.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// The name of a local database. Call inside a transaction.
+pub fn database_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: catalog lookup inside a transaction; NULL when it does not exist.
+    unsafe {
+        let p = pg_sys::get_database_name(oid);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}

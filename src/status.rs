@@ -1,0 +1,173 @@
+//! Per-slot sync state in shared memory: written by the worker after each
+//! pass, read by the `sync_logical_slot_status` view in any session.
+//!
+//! A fixed table (no allocation in shared memory after startup) under one
+//! LWLock; the worker replaces its content in one short exclusive section per
+//! pass, readers copy it out under a shared lock.
+
+use pgrx::{pg_guard, pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
+
+use crate::plan::State;
+use crate::types::{Lsn, Xid};
+
+/// The most slots the status table shows. Slots beyond it are still synced.
+pub const CAPACITY: usize = 1024;
+const NAME_LEN: usize = 64;
+const ERROR_LEN: usize = 256;
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Entry {
+    name: [u8; NAME_LEN],
+    database: [u8; NAME_LEN],
+    plugin: [u8; NAME_LEN],
+    state: u8,
+    ready: bool,
+    local_exists: bool,
+    remote_restart_lsn: u64,
+    remote_confirmed_flush_lsn: u64,
+    remote_catalog_xmin: u32,
+    local_restart_lsn: u64,
+    local_confirmed_flush_lsn: u64,
+    local_catalog_xmin: u32,
+    /// TimestampTz of the last pass that found the copy synced (0: never).
+    last_sync_at: i64,
+    last_error: [u8; ERROR_LEN],
+}
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Table {
+    len: u32,
+    entries: [Entry; CAPACITY],
+}
+
+// SAFETY: plain old data with no pointers; lives in shared memory as is.
+unsafe impl PGRXSharedMemory for Table {}
+
+const EMPTY_ENTRY: Entry = Entry {
+    name: [0; NAME_LEN],
+    database: [0; NAME_LEN],
+    plugin: [0; NAME_LEN],
+    state: 0,
+    ready: false,
+    local_exists: false,
+    remote_restart_lsn: 0,
+    remote_confirmed_flush_lsn: 0,
+    remote_catalog_xmin: 0,
+    local_restart_lsn: 0,
+    local_confirmed_flush_lsn: 0,
+    local_catalog_xmin: 0,
+    last_sync_at: 0,
+    last_error: [0; ERROR_LEN],
+};
+
+static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"sync_logical_slot status") };
+
+pub fn init() {
+    pg_shmem_init!(
+        TABLE = Table {
+            len: 0,
+            entries: [EMPTY_ENTRY; CAPACITY],
+        }
+    );
+}
+
+/// One row of the status view, in Rust types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+    pub state: State,
+    pub ready: bool,
+    pub remote_restart_lsn: Lsn,
+    pub remote_confirmed_flush_lsn: Lsn,
+    pub remote_catalog_xmin: Xid,
+    /// None while there is no local copy.
+    pub local: Option<(Lsn, Lsn, Xid)>,
+    /// TimestampTz of the last pass that found the copy synced (0: never).
+    pub last_sync_at: i64,
+    pub last_error: Option<String>,
+}
+
+fn put(dst: &mut [u8], s: &str) {
+    dst.fill(0);
+    // Cut at a char boundary, leaving room for the terminating NUL.
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn get(src: &[u8]) -> String {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..end]).into_owned()
+}
+
+const STATES: [State; 6] = [
+    State::Synced,
+    State::WaitingForRemote,
+    State::WaitingForWal,
+    State::WaitingForFeedback,
+    State::Invalidated,
+    State::Error,
+];
+
+/// Replaces the table with this pass's rows (the first CAPACITY of them).
+pub fn publish(rows: &[SlotStatus]) {
+    let mut t = TABLE.exclusive();
+    let n = rows.len().min(CAPACITY);
+    for (e, r) in t.entries.iter_mut().zip(rows.iter()) {
+        put(&mut e.name, &r.name);
+        put(&mut e.database, &r.database);
+        put(&mut e.plugin, &r.plugin);
+        e.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
+        e.ready = r.ready;
+        e.remote_restart_lsn = r.remote_restart_lsn.0;
+        e.remote_confirmed_flush_lsn = r.remote_confirmed_flush_lsn.0;
+        e.remote_catalog_xmin = r.remote_catalog_xmin.0;
+        e.local_exists = r.local.is_some();
+        let (lr, lc, lx) = r.local.unwrap_or((Lsn(0), Lsn(0), Xid(0)));
+        e.local_restart_lsn = lr.0;
+        e.local_confirmed_flush_lsn = lc.0;
+        e.local_catalog_xmin = lx.0;
+        e.last_sync_at = r.last_sync_at;
+        put(&mut e.last_error, r.last_error.as_deref().unwrap_or(""));
+    }
+    t.len = n as u32;
+}
+
+/// Empties the table (the server is not, or no longer, a standby).
+pub fn clear() {
+    TABLE.exclusive().len = 0;
+}
+
+/// A copy of the table's rows.
+pub fn read() -> Vec<SlotStatus> {
+    let t = TABLE.share();
+    t.entries[..t.len as usize]
+        .iter()
+        .map(|e| {
+            let error = get(&e.last_error);
+            SlotStatus {
+                name: get(&e.name),
+                database: get(&e.database),
+                plugin: get(&e.plugin),
+                state: STATES[(e.state as usize).min(5)],
+                ready: e.ready,
+                remote_restart_lsn: Lsn(e.remote_restart_lsn),
+                remote_confirmed_flush_lsn: Lsn(e.remote_confirmed_flush_lsn),
+                remote_catalog_xmin: Xid(e.remote_catalog_xmin),
+                local: e.local_exists.then_some((
+                    Lsn(e.local_restart_lsn),
+                    Lsn(e.local_confirmed_flush_lsn),
+                    Xid(e.local_catalog_xmin),
+                )),
+                last_sync_at: e.last_sync_at,
+                last_error: (!error.is_empty()).then_some(error),
+            }
+        })
+        .collect()
+}

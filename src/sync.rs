@@ -1,0 +1,435 @@
+//! One sync pass: read, decide, apply.
+//!
+//! # Why a copy is safe
+//! A copy of a logical slot on a standby is only worth something if, after a
+//! failover, decoding from it yields every change the consumer has not
+//! confirmed, exactly once. That needs four things on the standby: the WAL
+//! from the copy's `restart_lsn`; the catalog rows as of its `catalog_xmin`;
+//! a decoding snapshot valid at `restart_lsn`; and a `confirmed_flush_lsn` no
+//! further than the WAL the standby has. The rules (DESIGN.md invariants 1-6):
+//!
+//! - **Created temporary.** A new copy is a temporary slot reserved at the
+//!   standby's own horizons (its last restartpoint for WAL, its oldest safe
+//!   decoding xid for catalog rows). The primary's slot may be behind those
+//!   (its WAL or rows are already gone here); then the copy waits, state
+//!   `waiting_for_remote`, re-checked every pass, never blocking the pass.
+//! - **Persistent only when honourable.** Once the primary's slot has passed
+//!   the reservation, the copy is moved to the primary's position and made
+//!   persistent. From then on it survives restarts.
+//! - **Forward only, within the flushed WAL.** Positions never move back;
+//!   `confirmed_flush_lsn` is capped at the standby's flushed WAL.
+//! - **Snapshot before restart_lsn.** `restart_lsn` (and `catalog_xmin`, which
+//!   protects decoding from it) moves only to an LSN whose serialized snapshot
+//!   the standby holds (see `snapshot.rs`).
+//! - **Ready needs feedback.** A copy is `ready` (state `synced`) only when
+//!   the primary holds, for this standby's physical slot, a `catalog_xmin` no
+//!   newer than the copy's: otherwise vacuum on the primary may remove rows
+//!   the copy needs (`waiting_for_feedback`).
+//! - **Dropped only when ours.** Copies whose slot is gone on the primary (or
+//!   no longer selected) are dropped when `drop_extra_slots` is on, and only
+//!   if this extension created them (a marker in the slot's directory).
+//! - **One slot never stops the others.** Each slot is applied in its own
+//!   subtransaction; an ERROR becomes that slot's `error` state.
+//!
+//! # Glossary
+//! remote slot: the primary's slot. local slot / copy: the standby's slot of
+//! the same name. synced: the copy is ready for a failover.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::SyncError;
+use crate::guc;
+use crate::plan::{self, Action, LocalSlot, StandbyPosition, State, Target};
+use crate::remote::Primary;
+use crate::slot;
+use crate::snapshot;
+use crate::status::{self, SlotStatus};
+use crate::types::{Lsn, RemoteSlot, Xid};
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassCounts {
+    pub created: u32,
+    pub advanced: u32,
+    pub dropped: u32,
+}
+
+impl PassCounts {
+    pub fn changed(&self) -> bool {
+        self.created + self.advanced + self.dropped > 0
+    }
+}
+
+/// State kept across passes: what was last said about each slot, and when it
+/// was last found synced.
+#[derive(Default)]
+pub struct Syncer {
+    said: HashMap<String, (State, Option<String>)>,
+    last_synced: HashMap<String, i64>,
+    selected: Option<Vec<String>>,
+}
+
+struct Outcome {
+    state: State,
+    reason: Option<String>,
+    local: Option<(Lsn, Lsn, Xid)>,
+}
+
+impl Syncer {
+    /// One pass. Call inside a transaction, with a connection to the primary.
+    pub fn pass(&mut self, primary: &mut Primary) -> Result<PassCounts, SyncError> {
+        let physical = guc::server_setting(c"primary_slot_name");
+        let (remote, feedback) = primary.fetch_slots(&physical)?;
+        let filter = guc::slot_filter();
+        let selected: Vec<&RemoteSlot> = remote
+            .iter()
+            .filter(|s| filter.selects(&s.name, &s.plugin))
+            .collect();
+        self.log_selection(&selected, remote.len());
+
+        let standby = StandbyPosition {
+            flushed_lsn: slot::flushed_lsn(),
+            feedback_catalog_xmin: feedback,
+        };
+        let locals: HashMap<String, LocalSlot> = slot::local_logical_slots()
+            .into_iter()
+            .map(|l| (l.name.clone(), to_plan_local(&l)))
+            .collect();
+
+        let mut counts = PassCounts::default();
+        let mut rows = Vec::with_capacity(selected.len());
+        for r in &selected {
+            let local = locals.get(&r.name);
+            let outcome = match per_slot(|| sync_one(primary, r, local, &standby, &mut counts)) {
+                Ok(o) => o,
+                Err(e) => Outcome {
+                    state: State::Error,
+                    reason: Some(e.to_string()),
+                    local: local.map(positions),
+                },
+            };
+            self.say(r, &outcome);
+            // SAFETY: reads the clock.
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            if outcome.state == State::Synced {
+                self.last_synced.insert(r.name.clone(), now);
+            }
+            rows.push(SlotStatus {
+                name: r.name.clone(),
+                database: r.database.clone(),
+                plugin: r.plugin.clone(),
+                state: outcome.state,
+                ready: outcome.state == State::Synced,
+                remote_restart_lsn: r.restart_lsn,
+                remote_confirmed_flush_lsn: r.confirmed_flush_lsn,
+                remote_catalog_xmin: r.catalog_xmin,
+                local: outcome.local,
+                last_sync_at: self.last_synced.get(&r.name).copied().unwrap_or(0),
+                last_error: (outcome.state == State::Error)
+                    .then(|| outcome.reason.clone())
+                    .flatten(),
+            });
+        }
+
+        let names: HashSet<&str> = selected.iter().map(|r| r.name.as_str()).collect();
+        for l in locals.values() {
+            if plan::should_drop_extra(l, names.contains(l.name.as_str()), guc::drop_extra_slots())
+            {
+                match per_slot(|| {
+                    slot::drop_slot(&l.name);
+                    Ok(())
+                }) {
+                    Ok(()) => {
+                        counts.dropped += 1;
+                        log(
+                            &format!("dropped replication slot \"{}\"", l.name),
+                            Some(if l.persistent {
+                                "The primary server no longer has this slot, or sync_logical_slot.slot_names no longer selects it, and sync_logical_slot.drop_extra_slots is on.".into()
+                            } else {
+                                "It was a temporary copy that had not become persistent; its slot is gone from the primary server or no longer selected.".into()
+                            }),
+                        );
+                    }
+                    Err(e) => log(
+                        &format!("could not drop replication slot \"{}\"", l.name),
+                        Some(e.to_string()),
+                    ),
+                }
+                self.said.remove(&l.name);
+                self.last_synced.remove(&l.name);
+            }
+        }
+        self.said.retain(|k, _| names.contains(k.as_str()));
+        self.last_synced.retain(|k, _| names.contains(k.as_str()));
+
+        // Snapshot files that no local slot restarts from any more.
+        let keep: Vec<Lsn> = slot::local_logical_slots()
+            .iter()
+            .map(|l| l.restart_lsn)
+            .collect();
+        snapshot::remove_unneeded(&keep);
+
+        status::publish(&rows);
+        Ok(counts)
+    }
+
+    /// Logs the selected set when it changes.
+    fn log_selection(&mut self, selected: &[&RemoteSlot], total: usize) {
+        let names: Vec<String> = selected.iter().map(|s| s.name.clone()).collect();
+        if self.selected.as_ref() == Some(&names) {
+            return;
+        }
+        let detail = if names.is_empty() {
+            format!(
+                "The primary has {total} logical slot(s); sync_logical_slot.slot_names = '{}' selects none of them.",
+                guc::slot_names()
+            )
+        } else {
+            format!("Selected slots: {}.", names.join(", "))
+        };
+        log(
+            &format!(
+                "primary server has {} logical slot(s) selected for sync",
+                names.len()
+            ),
+            Some(detail),
+        );
+        self.selected = Some(names);
+    }
+
+    /// Logs a slot's state when it changes (once, not every pass).
+    fn say(&mut self, r: &RemoteSlot, o: &Outcome) {
+        let key = (o.state, o.reason.clone());
+        if self.said.get(&r.name) == Some(&key) {
+            return;
+        }
+        let (lr, lc, lx) = o.local.unwrap_or((Lsn(0), Lsn(0), Xid(0)));
+        let positions = format!(
+            "Primary: restart_lsn {}, confirmed_flush_lsn {}, catalog_xmin {}. Standby copy: restart_lsn {}, confirmed_flush_lsn {}, catalog_xmin {}.",
+            r.restart_lsn, r.confirmed_flush_lsn, r.catalog_xmin, lr, lc, lx
+        );
+        let message = match o.state {
+            State::Synced => format!("replication slot \"{}\" is synced and ready", r.name),
+            State::Invalidated => format!(
+                "replication slot \"{}\" is invalidated on the primary server: not syncing it",
+                r.name
+            ),
+            State::Error => format!("could not sync replication slot \"{}\"", r.name),
+            waiting => format!(
+                "replication slot \"{}\" is not ready: {}",
+                r.name,
+                waiting.as_str()
+            ),
+        };
+        let detail = match &o.reason {
+            Some(reason) => format!("{}. {positions}", capitalize(reason)),
+            None => positions,
+        };
+        log(&message, Some(detail));
+        self.said.insert(r.name.clone(), key);
+    }
+}
+
+/// Decides and applies one slot. Runs inside its own subtransaction.
+fn sync_one(
+    primary: &mut Primary,
+    remote: &RemoteSlot,
+    local: Option<&LocalSlot>,
+    standby: &StandbyPosition,
+    counts: &mut PassCounts,
+) -> Result<Outcome, SyncError> {
+    let database_oid = slot::database_oid(&remote.database);
+    let held = snapshot_held(primary, remote, local, standby)?;
+    let action = plan::plan(remote, local, standby, database_oid.is_some(), held);
+    match action {
+        Action::Create => {}
+        Action::Recreate { reason } => {
+            log(
+                &format!("re-creating replication slot \"{}\"", remote.name),
+                Some(format!("{}.", capitalize(&reason))),
+            );
+            slot::drop_slot(&remote.name);
+            counts.dropped += 1;
+        }
+        other => return apply(remote, local, other, counts),
+    }
+    // Create a temporary copy at this standby's horizons, then decide again at
+    // once: if the primary's slot is already past them, the copy moves there
+    // in this same pass.
+    let oid = database_oid.expect("plan creates only when the database exists");
+    let made = slot::create_temporary(&remote.name, oid, &remote.plugin, remote.two_phase)?;
+    counts.created += 1;
+    slot::request_feedback();
+    log(
+        &format!("created a temporary copy of replication slot \"{}\"", remote.name),
+        Some(format!(
+            "It reserves WAL from {} and catalog rows from xid {} on this standby; it becomes persistent once the primary's slot has passed both.",
+            made.restart_lsn, made.catalog_xmin
+        )),
+    );
+    let mut fresh = to_plan_local(&made);
+    fresh.ours = true;
+    let held = snapshot_held(primary, remote, Some(&fresh), standby)?;
+    let again = plan::plan(remote, Some(&fresh), standby, true, held);
+    apply(remote, Some(&fresh), again, counts)
+}
+
+/// Applies a decision other than Create/Recreate.
+fn apply(
+    remote: &RemoteSlot,
+    local: Option<&LocalSlot>,
+    action: Action,
+    counts: &mut PassCounts,
+) -> Result<Outcome, SyncError> {
+    match action {
+        Action::Advance {
+            target,
+            persist,
+            state,
+        } => {
+            slot::advance(&remote.name, &target, persist)?;
+            counts.advanced += 1;
+            if persist {
+                log(
+                    &format!("replication slot \"{}\" is now persistent", remote.name),
+                    Some(format!(
+                        "The primary's slot has passed what this standby reserved; the copy is at restart_lsn {}, confirmed_flush_lsn {}, catalog_xmin {}.",
+                        target.restart_lsn, target.confirmed_flush_lsn, target.catalog_xmin
+                    )),
+                );
+            }
+            Ok(Outcome {
+                state,
+                reason: None,
+                local: Some(target_positions(&target)),
+            })
+        }
+        Action::Keep { state, reason } => Ok(Outcome {
+            state,
+            reason,
+            local: local.map(positions),
+        }),
+        Action::Skip { state, reason } => Ok(Outcome {
+            state,
+            reason: Some(reason),
+            local: local.map(positions),
+        }),
+        Action::Create | Action::Recreate { .. } => Err(SyncError::Internal(format!(
+            "replication slot \"{}\" was planned for creation twice in one pass",
+            remote.name
+        ))),
+    }
+}
+
+/// Whether the standby holds the decoding snapshot for the primary's
+/// `restart_lsn`, fetching it first when the copy is about to move there.
+fn snapshot_held(
+    primary: &mut Primary,
+    remote: &RemoteSlot,
+    local: Option<&LocalSlot>,
+    standby: &StandbyPosition,
+) -> Result<bool, SyncError> {
+    let lsn = remote.restart_lsn;
+    let would_move = local.is_some_and(|l| l.ours && lsn > l.restart_lsn)
+        && lsn.is_valid()
+        && lsn <= standby.flushed_lsn;
+    if !would_move || snapshot::held(lsn) {
+        return Ok(true);
+    }
+    match primary.read_snapshot(lsn)? {
+        Some(bytes) => {
+            snapshot::write(lsn, &bytes).map_err(|e| {
+                SyncError::Internal(format!(
+                    "could not write file \"{}\": {e}",
+                    snapshot::remote_path(lsn)
+                ))
+            })?;
+            Ok(true)
+        }
+        // The primary has no file for this LSN: if its slot still restarts
+        // there, decoding on the primary would rebuild the snapshot exactly as
+        // the promoted standby will (files are removed only below every
+        // slot's restart_lsn, so a slot still at `lsn` means there never was one).
+        None => Ok(primary.restart_lsn_of(&remote.name)? == Some(lsn)),
+    }
+}
+
+/// Runs `f` in a subtransaction: an ERROR inside rolls it back (releasing
+/// locks and the slot) and comes back as a value, so the pass goes on.
+fn per_slot<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {
+    // SAFETY: inside the pass's transaction; the memory context and resource
+    // owner are restored after the subtransaction ends, as PL/pgSQL does.
+    let (context, owner) = unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        (context, owner)
+    };
+    let result = catch_unwind(AssertUnwindSafe(f));
+    // SAFETY: ends the subtransaction begun above.
+    unsafe {
+        match &result {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => {
+                slot::release_if_held();
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    match result {
+        Ok(r) => r,
+        Err(payload) => Err(SyncError::from_panic(payload)),
+    }
+}
+
+fn to_plan_local(l: &slot::Local) -> LocalSlot {
+    LocalSlot {
+        name: l.name.clone(),
+        plugin: l.plugin.clone(),
+        database: slot::database_name(l.database_oid).unwrap_or_default(),
+        two_phase: l.two_phase,
+        persistent: l.persistent,
+        ours: slot::is_ours(&l.name),
+        invalidated: l.invalidated,
+        restart_lsn: l.restart_lsn,
+        confirmed_flush_lsn: l.confirmed_flush_lsn,
+        catalog_xmin: l.catalog_xmin,
+    }
+}
+
+fn positions(l: &LocalSlot) -> (Lsn, Lsn, Xid) {
+    (l.restart_lsn, l.confirmed_flush_lsn, l.catalog_xmin)
+}
+
+fn target_positions(t: &Target) -> (Lsn, Lsn, Xid) {
+    (t.restart_lsn, t.confirmed_flush_lsn, t.catalog_xmin)
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn log(message: &str, detail: Option<String>) {
+    let mut report = ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message.to_string(),
+        "sync_logical_slot",
+    );
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    report.report(PgLogLevel::LOG);
+}
