@@ -67,6 +67,14 @@ mod tests {
     }
 
     #[pg_test]
+    fn internal_lock_indexes_name_the_right_locks() {
+        // slot.rs reaches these C macros by index into MainLWLockArray.
+        for (index, name) in crate::slot::LOCKS_FOR_TEST {
+            assert_eq!(crate::slot::main_lock_name(index), name);
+        }
+    }
+
+    #[pg_test]
     fn every_setting_has_its_default_and_context() {
         let expect = [
             ("sync_logical_slot.database", "postgres", "postmaster"),

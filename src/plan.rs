@@ -33,6 +33,9 @@ pub struct LocalSlot {
     pub persistent: bool,
     /// Created by this extension (only those are ever advanced or dropped).
     pub ours: bool,
+    /// Seen on this server while it was a primary (a switchover left it
+    /// behind): it is replaced by a fresh copy, never advanced as it is.
+    pub from_primary_life: bool,
     /// Invalidated on the standby (its WAL was removed): it cannot be honoured any more.
     pub invalidated: bool,
     pub restart_lsn: Lsn,
@@ -162,6 +165,11 @@ pub fn plan(
     let Some(local) = local else {
         return Action::Create;
     };
+    if !local.ours && local.from_primary_life {
+        return Action::Recreate {
+            reason: "the slot was left from when this server was the primary; its positions belong to that server's history".into(),
+        };
+    }
     if !local.ours {
         return Action::Skip {
             state: State::Error,
@@ -296,6 +304,7 @@ mod tests {
             two_phase: false,
             persistent,
             ours: true,
+            from_primary_life: false,
             invalidated: false,
             restart_lsn: Lsn(restart),
             confirmed_flush_lsn: Lsn(confirmed),
@@ -355,6 +364,25 @@ mod tests {
                 ..
             }
         ));
+        assert!(!should_drop_extra(&l, false, true));
+    }
+
+    #[test]
+    fn a_slot_left_from_this_servers_primary_life_is_replaced() {
+        let mut l = local(true, 500, 600, 50);
+        l.ours = false;
+        l.from_primary_life = true;
+        assert!(matches!(
+            plan(
+                &remote(100, 200, 10),
+                Some(&l),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Recreate { .. }
+        ));
+        // Never dropped as an extra, though: it is not a copy.
         assert!(!should_drop_extra(&l, false, true));
     }
 

@@ -31,8 +31,11 @@ use crate::error::SyncError;
 use crate::plan::Target;
 use crate::types::{Lsn, Xid};
 
-/// Name of the ownership marker inside a slot's directory.
+/// Name of the ownership marker inside a slot's directory: this extension made the copy.
 const OWNER_MARKER: &str = "sync_logical_slot";
+/// Marker of a slot seen on this server while it was a primary: after a
+/// switchover it is a leftover of that history, which the sync replaces.
+const PRIMARY_MARKER: &str = "sync_logical_slot.primary";
 
 // C macros absent from the bindings: indexes into MainLWLockArray
 // (storage/lwlocknames.h, the same in PostgreSQL 13 to 16). A pg_test checks
@@ -133,29 +136,68 @@ pub fn local_logical_slots() -> Vec<Local> {
     out
 }
 
-fn marker_path(name: &str) -> PathBuf {
-    PathBuf::from("pg_replslot").join(name).join(OWNER_MARKER)
+fn marker_path(name: &str, marker: &str) -> PathBuf {
+    PathBuf::from("pg_replslot").join(name).join(marker)
 }
 
 /// Whether this extension created the slot (its directory holds our marker).
 pub fn is_ours(name: &str) -> bool {
-    marker_path(name).exists()
+    marker_path(name, OWNER_MARKER).exists()
 }
 
-/// Writes the ownership marker durably (file and directory fsynced).
-fn mark_ours(name: &str) -> Result<(), SyncError> {
-    let path = marker_path(name);
+/// Whether the slot was seen on this server while it was a primary.
+pub fn is_from_primary_life(name: &str) -> bool {
+    marker_path(name, PRIMARY_MARKER).exists()
+}
+
+/// Writes a marker durably (file and directory fsynced).
+fn write_marker(name: &str, marker: &str, text: &[u8]) -> Result<(), SyncError> {
+    let path = marker_path(name, marker);
     let io = |e: std::io::Error| {
         SyncError::Internal(format!("could not write file \"{}\": {e}", path.display()))
     };
     let mut f = fs::File::create(&path).map_err(io)?;
-    f.write_all(b"created by sync_logical_slot as a copy of the primary server's slot\n")
-        .map_err(io)?;
+    f.write_all(text).map_err(io)?;
     f.sync_all().map_err(io)?;
     if let Some(dir) = path.parent() {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
     Ok(())
+}
+
+fn mark_ours(name: &str) -> Result<(), SyncError> {
+    write_marker(
+        name,
+        OWNER_MARKER,
+        b"created by sync_logical_slot as a copy of the primary server's slot\n",
+    )
+}
+
+/// On a primary: marks every persistent logical slot as belonging to this
+/// server's primary history (a promoted copy stops being a copy). If the
+/// server later becomes a standby again, the sync replaces these slots with
+/// fresh copies instead of trusting positions from another history.
+/// Returns how many slots were newly marked.
+pub fn mark_primary_slots() -> usize {
+    let mut marked = 0;
+    for l in local_logical_slots() {
+        if !l.persistent || is_from_primary_life(&l.name) {
+            continue;
+        }
+        if write_marker(
+            &l.name,
+            PRIMARY_MARKER,
+            b"this slot existed while this server was a primary\n",
+        )
+        .is_ok()
+        {
+            // Written first, removed second: a crash in between leaves both,
+            // and the primary marker wins.
+            let _ = fs::remove_file(marker_path(&l.name, OWNER_MARKER));
+            marked += 1;
+        }
+    }
+    marked
 }
 
 /// The acquired slot; released on drop, also when an ERROR unwinds through.

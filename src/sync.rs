@@ -28,6 +28,11 @@
 //! - **Dropped only when ours.** Copies whose slot is gone on the primary (or
 //!   no longer selected) are dropped when `drop_extra_slots` is on, and only
 //!   if this extension created them (a marker in the slot's directory).
+//! - **A switchover's leftovers are replaced.** On a primary the worker marks
+//!   its logical slots (and promoted copies) as the primary's own. When the
+//!   server becomes a standby again, a selected slot of the same name with
+//!   that mark is dropped and copied afresh: its positions come from another
+//!   history (after pg_rewind, perhaps from WAL that no longer exists).
 //! - **One slot never stops the others.** Each slot is applied in its own
 //!   subtransaction; an ERROR becomes that slot's `error` state.
 //!
@@ -398,7 +403,8 @@ fn to_plan_local(l: &slot::Local) -> LocalSlot {
         database: slot::database_name(l.database_oid).unwrap_or_default(),
         two_phase: l.two_phase,
         persistent: l.persistent,
-        ours: slot::is_ours(&l.name),
+        ours: slot::is_ours(&l.name) && !slot::is_from_primary_life(&l.name),
+        from_primary_life: slot::is_from_primary_life(&l.name),
         invalidated: l.invalidated,
         restart_lsn: l.restart_lsn,
         confirmed_flush_lsn: l.confirmed_flush_lsn,

@@ -2,7 +2,8 @@
 //!
 //! The loop is as short as core's: handle interrupts and reload, do one step,
 //! sleep on the latch. A step depends on what the server is:
-//! - a primary (or a promoted standby): nothing to sync; sleep until signalled;
+//! - a primary (or a promoted standby): nothing to sync; it only marks its
+//!   logical slots as this primary's own (see sync.rs), once a second at most;
 //! - a standby without `hot_standby_feedback` or `primary_slot_name`: say which
 //!   setting is missing in one LOG line, and wait for a reload;
 //! - a standby: connect to the primary (with backoff when it cannot), run one
@@ -178,7 +179,10 @@ impl Worker {
             }
             self.enter(Mode::NotStandby);
             self.disconnect();
-            return None;
+            // Remember which slots belong to this primary's history, so that
+            // after a switchover they are replaced, not trusted (see sync.rs).
+            slot::mark_primary_slots();
+            return Some(guc::naptime().max(Duration::from_secs(1)));
         }
         let missing = missing_prerequisites();
         if !missing.is_empty() {

@@ -542,3 +542,115 @@ pub fn wait_for_copy(standby: &Node, primary: &Node, slot: &str) {
         "t",
     );
 }
+
+impl Node {
+    /// A libpq connection string to this server's `db`.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// Turns this stopped server (an old primary, after a clean shutdown) into
+    /// a streaming standby of `primary` through a new physical slot `slot`.
+    pub fn follow(&self, primary: &Node, slot: &str) {
+        primary.sql(&format!(
+            "SELECT pg_create_physical_replication_slot('{slot}', true)"
+        ));
+        fs::write(self.datadir.join("standby.signal"), "").expect("write standby.signal");
+        self.set_auto_conf(
+            "primary_conninfo",
+            &format!("host=127.0.0.1 port={} user=postgres", primary.port),
+        );
+        self.set_auto_conf("primary_slot_name", slot);
+    }
+}
+
+/// A client session held open (psql reading its stdin), e.g. for a long transaction.
+pub struct Session {
+    child: std::process::Child,
+}
+
+impl Session {
+    pub fn open(node: &Node, db: &str) -> Session {
+        let child = pg_command("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &node.port.to_string(), "-d", db])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn psql");
+        Session { child }
+    }
+
+    /// Sends statements; returns at once (the session runs them on its own).
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("psql stdin");
+        stdin.write_all(sql.as_bytes()).expect("write to psql");
+        stdin.write_all(b"\n").expect("write to psql");
+        stdin.flush().expect("flush psql");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The ids of test_decoding output lines `table public.t: INSERT: id[integer]:N ...`.
+pub fn inserted_ids(test_decoding_output: &str) -> Vec<i64> {
+    test_decoding_output
+        .lines()
+        .filter(|l| l.contains("table public.t: INSERT:"))
+        .filter_map(|l| {
+            let rest = l.split("id[integer]:").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Fails unless `got` holds exactly the ids of `expected`, each once.
+pub fn assert_exactly_once(got: &[i64], expected: &[i64], what: &str) {
+    let mut sorted = got.to_vec();
+    sorted.sort_unstable();
+    let mut dupes: Vec<i64> = sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    dupes.dedup();
+    let have: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    let want: std::collections::BTreeSet<i64> = expected.iter().copied().collect();
+    let missing: Vec<i64> = want.difference(&have).copied().collect();
+    let extra: Vec<i64> = have.difference(&want).copied().collect();
+    assert!(
+        dupes.is_empty() && missing.is_empty() && extra.is_empty(),
+        "{what}: {} received, {} expected; missing {:?}; received twice {:?}; not on the server {:?}",
+        got.len(),
+        want.len(),
+        &missing[..missing.len().min(20)],
+        &dupes[..dupes.len().min(20)],
+        &extra[..extra.len().min(20)],
+    );
+}
+
+/// The ids of table t on a node, in order.
+pub fn table_ids(node: &Node, db: &str) -> Vec<i64> {
+    node.sql_in(db, "SELECT id FROM t ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

@@ -1,0 +1,75 @@
+//! # A slot invalidated on the primary is reported, and stalls no other slot
+//!
+//! ```text
+//!  primary (max_slot_wal_keep_size = 32MB)   --streaming-->  standby1
+//!    doomed: consumed once, then never: its WAL is removed    copy: state invalidated, not advanced
+//!    active: consumed all along                                copy: synced, follows
+//! ```
+
+mod common;
+use common::*;
+
+#[test]
+fn invalidated_slot_is_reported_and_others_go_on() {
+    let dir = TestDir::new("invalidated_slot");
+    let primary = dir.primary("primary");
+    primary.append_conf("max_slot_wal_keep_size = 32MB");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+
+    primary.sql("SELECT pg_create_logical_replication_slot('doomed', 'test_decoding')");
+    primary.sql("SELECT pg_create_logical_replication_slot('active', 'test_decoding')");
+    primary.sql("INSERT INTO t VALUES (0, 'x')");
+    // A running-xacts record (CHECKPOINT), decoded, moves the slots' catalog_xmin
+    // past what the standby reserves for a new copy.
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('doomed', NULL, NULL)");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
+    wait_for_copy(&standby, &primary, "doomed");
+    wait_for_copy(&standby, &primary, "active");
+    let doomed_copy = standby.sql(
+        "SELECT restart_lsn || '|' || confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'doomed'",
+    );
+
+    // Push WAL past doomed's reservation, a segment switch a round; active
+    // keeps being consumed (each CHECKPOINT logs the running-xacts record
+    // that lets its restart_lsn follow).
+    let offset = standby.log_offset();
+    for round in 1..=4 {
+        primary.sql(&format!("INSERT INTO t VALUES ({round}, 'x')"));
+        primary.sql("SELECT pg_switch_wal()");
+        standby.wait_for_catchup(&primary);
+        primary.sql("CHECKPOINT");
+        primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
+    }
+    primary.poll_query_until(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'doomed'",
+        "lost",
+    );
+
+    standby.poll_query_until(&status_of("doomed"), "invalidated");
+    standby.wait_for_log(
+        "replication slot \"doomed\" is invalidated on the primary server: not syncing it",
+        offset,
+    );
+    // The others go on.
+    primary.sql("INSERT INTO t VALUES (100, 'y')");
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
+    wait_for_copy(&standby, &primary, "active");
+    assert_eq!(
+        standby.sql("SELECT state, ready FROM sync_logical_slot_status ORDER BY slot_name"),
+        "synced|t\ninvalidated|f"
+    );
+    // The copy of the invalidated slot is left where it was.
+    assert_eq!(
+        standby.sql(
+            "SELECT restart_lsn || '|' || confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'doomed'"
+        ),
+        doomed_copy
+    );
+}
