@@ -654,3 +654,122 @@ pub fn table_ids(node: &Node, db: &str) -> Vec<i64> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// Runs `pg_recvlogical` on `slot` of `node` from `startpos` (None: the slot's
+/// own position) until `endpos`, appending test_decoding output to `file`;
+/// returns what this run wrote. `endpos` must lie between transactions.
+pub fn recvlogical(
+    node: &Node,
+    slot: &str,
+    startpos: Option<&str>,
+    endpos: &str,
+    file: &Path,
+) -> String {
+    let before = fs::read_to_string(file).unwrap_or_default();
+    let mut c = pg_command("pg_recvlogical");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "--no-loop",
+        "-s",
+        "1",
+    ])
+    .args([
+        "-p",
+        &node.port.to_string(),
+        "-S",
+        slot,
+        "--start",
+        "-E",
+        endpos,
+        "-f",
+    ])
+    .arg(file);
+    if let Some(p) = startpos {
+        c.args(["-I", p]);
+    }
+    // Bounded: pg_recvlogical stops at endpos; a hang is a failure.
+    let mut child = c.spawn().expect("spawn pg_recvlogical");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait pg_recvlogical") {
+            assert!(
+                status.success(),
+                "pg_recvlogical on {} failed: {status}\n{}",
+                node.name,
+                node.log_tail()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "pg_recvlogical on {} did not reach {endpos} in {DEADLINE:?}\n{}",
+                node.name,
+                node.log_tail()
+            );
+        }
+        sleep(POLL);
+    }
+    let after = fs::read_to_string(file).unwrap_or_default();
+    after.get(before.len()..).unwrap_or("").to_string()
+}
+
+/// A steady write load: a thread that inserts rows into `t` one transaction
+/// each, ids counting up from `first`, until stopped. Errors (e.g. after the
+/// server is killed) are ignored: the test compares with what the server has.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<i64>>,
+}
+
+impl Writer {
+    pub fn start(node: &Node, first: i64) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let port = node.port.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut id = first;
+            while !flag.load(Ordering::SeqCst) {
+                let _ = pg_command("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-p",
+                        &port,
+                    ])
+                    .args(["-c", &format!("INSERT INTO t VALUES ({id}, 'w')")])
+                    .output();
+                id += 1;
+            }
+            id
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the load; returns the next id it would have written.
+    pub fn stop(&mut self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
