@@ -95,10 +95,10 @@ mod tests {
 
     #[test]
     fn file_names_match_postgres() {
-        assert_eq!(file_name(Lsn(0x1_5000028)), "1-5000028.snap");
+        assert_eq!(file_name(Lsn(0x1_0500_0028)), "1-5000028.snap");
         assert_eq!(file_name(Lsn(0x16B3748)), "0-16B3748.snap");
         assert_eq!(parse_file_name("0-16B3748.snap"), Some(Lsn(0x16B3748)));
-        assert_eq!(parse_file_name("1-5000028.snap"), Some(Lsn(0x1_5000028)));
+        assert_eq!(parse_file_name("1-5000028.snap"), Some(Lsn(0x1_0500_0028)));
         assert_eq!(parse_file_name("0-16B3748.snap.123.tmp"), None);
         assert_eq!(parse_file_name("xlog"), None);
     }

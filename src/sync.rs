@@ -63,6 +63,9 @@ pub struct PassCounts {
     pub created: u32,
     pub advanced: u32,
     pub dropped: u32,
+    /// Slots the filter selects on the primary, and how many of their copies are ready.
+    pub selected: u32,
+    pub ready: u32,
 }
 
 impl PassCounts {
@@ -180,6 +183,8 @@ impl Syncer {
             .collect();
         snapshot::remove_unneeded(&keep);
 
+        counts.selected = rows.len() as u32;
+        counts.ready = rows.iter().filter(|r| r.ready).count() as u32;
         status::publish(&rows);
         Ok(counts)
     }

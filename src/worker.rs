@@ -227,7 +227,10 @@ impl Worker {
             Ok(counts) => {
                 self.failures = 0;
                 self.retry_at = None;
-                report_activity("syncing replication slots");
+                report_activity(&format!(
+                    "{} slot(s) selected for sync, {} ready",
+                    counts.selected, counts.ready
+                ));
                 // Something moved: look again soon, it often moves on.
                 Some(if counts.changed() {
                     (guc::naptime() / 4).max(Duration::from_millis(10))

@@ -70,8 +70,8 @@ fn worker_reads_primary_slots_on_standby_and_idles_on_primary() {
         standby.log_tail()
     );
     standby.poll_query_until(
-        WORKER_ACTIVITY,
-        "primary server has 1 logical slot(s) selected for sync",
+        "SELECT query LIKE '1 slot(s) selected for sync, _ ready' FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
+        "t",
     );
 
     // A new slot on the primary is noticed.

@@ -9,7 +9,9 @@
 //! Slots of two databases and two output plugins are copied, persistent and
 //! ready; consuming on the primary moves the copies; a slot dropped on the
 //! primary disappears from the standby; a slot the filter excludes is never
-//! copied; the status view agrees with pg_replication_slots.
+//! copied; the status view agrees with pg_replication_slots; a two-phase slot
+//! is copied with its two-phase state; a slot the extension did not make (its
+//! marker removed, as for a slot another tool made) is never dropped.
 
 mod common;
 use common::*;
@@ -28,7 +30,9 @@ fn slots_are_copied_followed_and_dropped() {
     let standby = dir.standby("standby1", &primary);
     standby.start();
 
-    primary.sql("SELECT pg_create_logical_replication_slot('td_main', 'test_decoding')");
+    // temporary = false, two_phase = true
+    primary
+        .sql("SELECT pg_create_logical_replication_slot('td_main', 'test_decoding', false, true)");
     primary.sql_in(
         "app",
         "SELECT pg_create_logical_replication_slot('po_app', 'pgoutput')",
@@ -60,6 +64,10 @@ fn slots_are_copied_followed_and_dropped() {
         standby.sql("SELECT slot_name, plugin, database, temporary FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1"),
         "po_app|pgoutput|app|f\ntd_app|test_decoding|app|f\ntd_main|test_decoding|postgres|f",
         "x_skipped is not selected by sync_logical_slot.slot_names"
+    );
+    assert_eq!(
+        standby.sql("SELECT slot_name FROM pg_replication_slots WHERE two_phase"),
+        "td_main"
     );
     assert_eq!(
         standby.sql("SELECT slot_name, database, plugin, state, ready FROM sync_logical_slot_status ORDER BY 1"),
@@ -100,6 +108,25 @@ fn slots_are_copied_followed_and_dropped() {
     assert_eq!(
         standby.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'x_skipped'"),
         "0"
+    );
+
+    // A slot this extension did not make is never dropped: take td_main's
+    // marker away, drop both slots on the primary; only po_app goes.
+    std::fs::remove_file(
+        standby
+            .datadir()
+            .join("pg_replslot/td_main/sync_logical_slot"),
+    )
+    .expect("td_main's ownership marker");
+    primary.sql("SELECT pg_drop_replication_slot('td_main')");
+    primary.sql_in("app", "SELECT pg_drop_replication_slot('po_app')");
+    standby.poll_query_until(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'po_app'",
+        "0",
+    );
+    assert_eq!(
+        standby.sql("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'"),
+        "td_main"
     );
 }
 

@@ -553,10 +553,11 @@ impl Node {
     }
 
     /// Turns this stopped server (an old primary, after a clean shutdown) into
-    /// a streaming standby of `primary` through a new physical slot `slot`.
+    /// a streaming standby of `primary` through physical slot `slot` (made if missing).
     pub fn follow(&self, primary: &Node, slot: &str) {
         primary.sql(&format!(
-            "SELECT pg_create_physical_replication_slot('{slot}', true)"
+            "SELECT pg_create_physical_replication_slot('{slot}', true)
+              WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{slot}')"
         ));
         fs::write(self.datadir.join("standby.signal"), "").expect("write standby.signal");
         self.set_auto_conf(

@@ -1,0 +1,77 @@
+//! # Switchover and back: slots keep syncing on the node that became the standby
+//!
+//! ```text
+//!  a (primary) ──▶ b (standby)     slot s on a, copied to b
+//!  a stops, b is promoted, a follows b: a still has its own slot s
+//!  b (primary) ──▶ a (standby)     a replaces its old s with a copy of b's s
+//!  b stops, a is promoted, b follows a: b has its promoted copy s
+//!  a (primary) ──▶ b (standby)     b replaces it with a copy of a's s
+//! ```
+//! A slot left from a server's time as primary is replaced by a fresh copy
+//! (its positions belong to another history), never left blocking the sync.
+
+mod common;
+use common::*;
+
+fn consume(node: &Node) {
+    node.sql("INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t");
+    node.sql("CHECKPOINT");
+    node.sql("SELECT count(*) FROM pg_logical_slot_get_changes('s', NULL, NULL)");
+}
+
+/// Waits until the primary's worker has marked slot s as its own.
+fn wait_marked(node: &Node) {
+    let marker = node
+        .datadir()
+        .join("pg_replslot/s/sync_logical_slot.primary");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never marked slot s as its own",
+            node.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn switch(from: &Node, to: &Node, slot: &str) {
+    to.wait_for_catchup(from);
+    from.stop();
+    to.promote();
+    to.poll_query_until("SELECT pg_is_in_recovery()", "f");
+    from.follow(to, slot);
+    from.start();
+}
+
+#[test]
+fn switchover_and_back_keeps_slots_syncing() {
+    let dir = TestDir::new("switchover");
+    let a = dir.primary("a");
+    a.start();
+    a.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    a.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let b = dir.standby("b", &a);
+    b.start();
+    a.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
+    consume(&a);
+    wait_for_copy(&b, &a, "s");
+    wait_marked(&a);
+
+    // a → b.
+    let offset = a.log_offset();
+    switch(&a, &b, "a");
+    consume(&b);
+    a.wait_for_log("re-creating replication slot \"s\"", offset);
+    consume(&b);
+    wait_for_copy(&a, &b, "s");
+    wait_marked(&b);
+
+    // And back: b → a.
+    let offset = b.log_offset();
+    switch(&b, &a, "b");
+    consume(&a);
+    b.wait_for_log("re-creating replication slot \"s\"", offset);
+    consume(&a);
+    wait_for_copy(&b, &a, "s");
+}
