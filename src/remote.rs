@@ -221,20 +221,21 @@ impl Primary {
 
     /// Every logical slot of the primary, in name order, and the
     /// `catalog_xmin` that the primary holds for this standby's physical slot
-    /// `physical_slot` (its hot_standby_feedback; INVALID when it has none).
+    /// `physical_slot` (its hot_standby_feedback; INVALID when it has none;
+    /// None when the primary has no such slot).
     pub fn fetch_slots(
         &mut self,
         physical_slot: &str,
-    ) -> Result<(Vec<RemoteSlot>, Xid), SyncError> {
+    ) -> Result<(Vec<RemoteSlot>, Option<Xid>), SyncError> {
         let sql = REMOTE_SLOTS_QUERY.replace("$physical", &pgrx::spi::quote_literal(physical_slot));
         let rows = self.query(&sql, 9)?;
         let mut logical = Vec::with_capacity(rows.len());
-        let mut feedback = Xid::INVALID;
+        let mut feedback = None;
         for row in rows {
             if row.get(8).cloned().flatten().as_deref() == Some("logical") {
                 logical.push(parse_slot_row(&row)?);
             } else {
-                feedback = parse_slot_row(&row)?.catalog_xmin;
+                feedback = Some(parse_slot_row(&row)?.catalog_xmin);
             }
         }
         Ok((logical, feedback))

@@ -81,6 +81,8 @@ pub struct Syncer {
     said: HashMap<String, (State, Option<String>)>,
     last_synced: HashMap<String, i64>,
     selected: Option<Vec<String>>,
+    /// The primary lacked this standby's physical slot at the last pass (warned once).
+    physical_missing: bool,
 }
 
 struct Outcome {
@@ -94,6 +96,8 @@ impl Syncer {
     pub fn pass(&mut self, primary: &mut Primary) -> Result<PassCounts, SyncError> {
         let physical = guc::server_setting(c"primary_slot_name");
         let (remote, feedback) = primary.fetch_slots(&physical)?;
+        self.check_physical_slot(&physical, feedback.is_some());
+        let feedback = feedback.unwrap_or(Xid::INVALID);
         let filter = guc::slot_filter();
         let selected: Vec<&RemoteSlot> = remote
             .iter()
@@ -187,6 +191,26 @@ impl Syncer {
         counts.ready = rows.iter().filter(|r| r.ready).count() as u32;
         status::publish(&rows);
         Ok(counts)
+    }
+
+    /// Warns once when the primary has no slot named by primary_slot_name:
+    /// without it no copy can become ready (its feedback protects them).
+    fn check_physical_slot(&mut self, physical: &str, exists: bool) {
+        if exists || self.physical_missing {
+            self.physical_missing = !exists;
+            return;
+        }
+        self.physical_missing = true;
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("replication slot \"{physical}\" does not exist on the primary server"),
+            "sync_logical_slot",
+        )
+        .set_detail("primary_slot_name names it; without it the primary does not hold this standby's hot_standby_feedback, and no copy can become ready.")
+        .set_hint(format!(
+            "Create it on the primary: SELECT pg_create_physical_replication_slot('{physical}');"
+        ))
+        .report(PgLogLevel::WARNING);
     }
 
     /// Logs the selected set when it changes.

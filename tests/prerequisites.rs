@@ -75,3 +75,43 @@ fn missing_primary_slot_name_is_reported() {
     assert!(standby.is_running());
     assert_eq!(primary.sql(CONNECTIONS_FROM_WORKERS), "0");
 }
+
+/// primary_slot_name names a slot the primary lacks (so the standby does not
+/// even stream): one WARNING saying how to create it, the copy is not ready;
+/// once the slot exists, the copy becomes ready.
+#[test]
+fn missing_physical_slot_on_the_primary_is_reported_and_copies_wait() {
+    let dir = TestDir::new("prerequisites_physical");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    let standby = dir.standby("standby1", &primary);
+    standby.set_auto_conf("primary_slot_name", "standby_nope");
+    standby.start();
+
+    primary.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('s', NULL, NULL)");
+    standby.wait_for_log(
+        "WARNING:  replication slot \"standby_nope\" does not exist on the primary server",
+        0,
+    );
+    assert!(standby
+        .log_since(0)
+        .contains("HINT:  Create it on the primary: SELECT pg_create_physical_replication_slot('standby_nope');"));
+    standby.poll_query_until(
+        "SELECT ready FROM sync_logical_slot_status WHERE slot_name = 's'",
+        "f",
+    );
+
+    primary.sql("SELECT pg_create_physical_replication_slot('standby_nope')");
+    wait_for_copy(&standby, &primary, "s");
+    assert_eq!(
+        count(
+            &standby.log_since(0),
+            "\"standby_nope\" does not exist on the primary server"
+        ),
+        1,
+        "warned once, not every pass"
+    );
+}
