@@ -248,6 +248,7 @@ impl ConnSource {
 /// answering is noticed and the worker moves on.
 pub const CONNECT_TIMEOUT_S: u32 = 10;
 pub const STATEMENT_TIMEOUT_MS: u32 = 30_000;
+pub const TCP_USER_TIMEOUT_MS: u32 = 30_000;
 pub const APPLICATION_NAME: &str = "sync_logical_slot";
 
 /// The connection string the worker uses, from the chosen source's keywords:
@@ -268,6 +269,9 @@ pub fn worker_conninfo(mut base: ConnInfo, source: &ConnSource, database: &str) 
     base.set_default("keepalives_idle", "10");
     base.set_default("keepalives_interval", "5");
     base.set_default("keepalives_count", "3");
+    // Keepalives do not fire while a sent query waits for its answer: give up
+    // on an unacknowledged send after this long instead of TCP's minutes.
+    base.set_default("tcp_user_timeout", &TCP_USER_TIMEOUT_MS.to_string());
     let ours =
         format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on");
     let options = match base.get("options") {

@@ -20,6 +20,10 @@ pub enum SyncError {
     NoUserMapping(String),
     #[error("this server is not a standby")]
     NotInRecovery,
+    #[error("the server sync_logical_slot connected to is not this standby's primary: {0}")]
+    WrongPrimary(String),
+    #[error("the sync pass was interrupted by a configuration reload")]
+    Reloaded,
     #[error("{0}")]
     Internal(String),
 }
@@ -33,6 +37,8 @@ impl SyncError {
             SyncError::NoForeignServer(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             SyncError::NoUserMapping(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             SyncError::NotInRecovery => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SyncError::WrongPrimary(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            SyncError::Reloaded => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -46,6 +52,9 @@ impl SyncError {
                 "Run failover_logical_slot_init() on the primary, or set sync_logical_slot.primary_conninfo.",
             ),
             SyncError::NotInRecovery => Some("Run this on a standby server."),
+            SyncError::WrongPrimary(_) => Some(
+                "Point sync_logical_slot.primary_conninfo or the foreign server of sync_logical_slot.master_fdw at the primary this standby streams from, or leave both empty to use its primary_conninfo.",
+            ),
             _ => None,
         }
     }

@@ -188,6 +188,23 @@ pub fn plan(
             reason: "the slot was re-created on the primary with another plugin or database".into(),
         };
     }
+    // A persistent copy is never ahead of its slot on restart_lsn or
+    // catalog_xmin (the primary saves both durably): if the primary's slot is
+    // behind, it is another slot of the same name (dropped and re-created,
+    // copied, or from another history). confirmed_flush_lsn may legitimately
+    // go back after a crash of the primary (it is kept in memory there), so a
+    // copy ahead on it alone is kept, never moved back.
+    if local.persistent
+        && (remote.restart_lsn < local.restart_lsn
+            || remote.catalog_xmin.precedes(local.catalog_xmin))
+    {
+        return Action::Recreate {
+            reason: format!(
+                "the primary's slot (restart_lsn {}, catalog_xmin {}) is behind the copy (restart_lsn {}, catalog_xmin {}): it is not the slot the copy was made from",
+                remote.restart_lsn, remote.catalog_xmin, local.restart_lsn, local.catalog_xmin
+            ),
+        };
+    }
     if !local.persistent
         && (remote.restart_lsn < local.restart_lsn
             || remote.catalog_xmin.precedes(local.catalog_xmin))
@@ -203,8 +220,10 @@ pub fn plan(
 
     let target = advance_target(remote, local, standby, snapshot_held);
     // A temporary copy becomes persistent only once it stands exactly where the
-    // primary's slot restarts: from then on it can be honoured on its own.
-    let persist = !local.persistent && target.restart_lsn == remote.restart_lsn;
+    // primary's slot restarts, from then on it can be honoured on its own,
+    // and the standby holds the decoding snapshot for that LSN (also when the
+    // reservation happens to equal the primary's restart_lsn).
+    let persist = !local.persistent && target.restart_lsn == remote.restart_lsn && snapshot_held;
     let persistent = local.persistent || persist;
     let state = ready_state(persistent, target, remote, standby);
     let current = Target {
@@ -481,10 +500,11 @@ mod tests {
     #[test]
     fn never_moves_backwards() {
         let l = local(true, 150, 250, 20);
-        // The primary reports older positions (e.g. a stale read): nothing moves.
+        // The primary's confirmed_flush_lsn went back (it crashed before saving
+        // it): the copy keeps its own, nothing moves.
         assert!(matches!(
             plan(
-                &remote(100, 200, 10),
+                &remote(150, 200, 20),
                 Some(&l),
                 &standby(300, 20),
                 true,
@@ -502,6 +522,48 @@ mod tests {
                 two_phase: false,
             }
         );
+    }
+
+    #[test]
+    fn a_primary_slot_behind_a_persistent_copy_is_another_slot() {
+        let l = local(true, 150, 250, 20);
+        for r in [remote(100, 300, 20), remote(150, 300, 10)] {
+            assert!(matches!(
+                plan(&r, Some(&l), &standby(300, 20), true, true),
+                Action::Recreate { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn reservation_equal_to_the_primary_still_needs_the_snapshot() {
+        // The standby reserved exactly the primary's restart_lsn (an idle
+        // primary: both at the same checkpoint's running-xacts record).
+        let l = local(false, 150, 150, 20);
+        match plan(
+            &remote(150, 200, 20),
+            Some(&l),
+            &standby(300, 20),
+            true,
+            false,
+        ) {
+            Action::Advance { persist, state, .. } => {
+                assert!(!persist);
+                assert_eq!(state, State::WaitingForRemote);
+            }
+            Action::Keep { state, .. } => assert_eq!(state, State::WaitingForRemote),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan(
+                &remote(150, 200, 20),
+                Some(&l),
+                &standby(300, 20),
+                true,
+                true
+            ),
+            Action::Advance { persist: true, .. }
+        ));
     }
 
     #[test]

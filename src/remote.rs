@@ -149,21 +149,61 @@ impl Primary {
             PgMemoryContexts::TopMemoryContext.switch_to(|_| {
                 // A function pointer, not a pg_sys function: guard it ourselves so that an
                 // ERROR raised inside (e.g. a cancel) becomes a Rust panic the caller catches.
-                #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-                let conn = pg_guard_ffi_boundary(|| {
-                    connect(text.as_ptr(), true, appname.as_ptr(), &mut err)
-                });
-                #[cfg(feature = "pg16")]
-                let conn = pg_guard_ffi_boundary(|| {
-                    connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err)
-                });
-                conn
+                crate::worker::signals::interruptible_by_reload(|| {
+                    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+                    let conn = pg_guard_ffi_boundary(|| {
+                        connect(text.as_ptr(), true, appname.as_ptr(), &mut err)
+                    });
+                    #[cfg(feature = "pg16")]
+                    let conn = pg_guard_ffi_boundary(|| {
+                        connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err)
+                    });
+                    conn
+                })
             })
         };
-        match NonNull::new(conn) {
-            Some(conn) => Ok(Primary { conn }),
-            None => Err(SyncError::Connect(take_error(err))),
+        let mut primary = match NonNull::new(conn) {
+            Some(conn) => Primary { conn },
+            None => return Err(SyncError::Connect(take_error(err))),
+        };
+        primary.check_identity()?;
+        Ok(primary)
+    }
+
+    /// The server must be this standby's primary: the same system identifier
+    /// (not another cluster), and not itself in recovery (a copy of a copy
+    /// would carry positions from a standby, not from the slots' owner).
+    fn check_identity(&mut self) -> Result<(), SyncError> {
+        let identify = walrcv()
+            .walrcv_identify_system
+            .expect("libpqwalreceiver provides walrcv_identify_system");
+        let mut tli: pg_sys::TimeLineID = 0;
+        // SAFETY: conn is open; the result is a palloc'd string.
+        let remote = unsafe {
+            let p = crate::worker::signals::interruptible_by_reload(|| {
+                pg_guard_ffi_boundary(|| identify(self.conn.as_ptr(), &mut tli))
+            });
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        // SAFETY: reads the control file's copy in shared memory.
+        let local = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
+        if remote != local {
+            return Err(SyncError::WrongPrimary(format!(
+                "its system identifier is {remote}, this standby's is {local}"
+            )));
         }
+        let rows = self.query("SELECT pg_catalog.pg_is_in_recovery()::text", 1)?;
+        if rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .as_deref()
+            != Some("false")
+        {
+            return Err(SyncError::WrongPrimary(
+                "it is in recovery itself (a standby); sync_logical_slot copies slots from the primary only".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs one query whose columns are all text; returns its rows. Call inside a transaction.
@@ -179,14 +219,17 @@ impl Primary {
         let types = vec![pg_sys::TEXTOID; ncols];
         // SAFETY: conn is open; sql and types outlive the call. The result is
         // palloc'd in the current (transaction) memory context.
+        // A reload interrupts the wait for the answer (see worker::signals).
         let res = unsafe {
-            pg_guard_ffi_boundary(|| {
-                exec(
-                    self.conn.as_ptr(),
-                    sql_c.as_ptr(),
-                    ncols as i32,
-                    types.as_ptr(),
-                )
+            crate::worker::signals::interruptible_by_reload(|| {
+                pg_guard_ffi_boundary(|| {
+                    exec(
+                        self.conn.as_ptr(),
+                        sql_c.as_ptr(),
+                        ncols as i32,
+                        types.as_ptr(),
+                    )
+                })
             })
         };
         if res.is_null() {
@@ -242,8 +285,8 @@ impl Primary {
     }
 
     /// The primary's serialized decoding snapshot for `lsn`, if it has one
-    /// (`pg_logical/snapshots`, read with pg_read_binary_file: the role needs
-    /// superuser or pg_read_server_files).
+    /// (`pg_logical/snapshots`, read with pg_read_binary_file and pg_stat_file:
+    /// the role needs superuser or EXECUTE on both).
     pub fn read_snapshot(&mut self, lsn: Lsn) -> Result<Option<Vec<u8>>, SyncError> {
         let sql = format!(
             "SELECT pg_catalog.encode(pg_catalog.pg_read_binary_file(f.path, 0, s.size, true), 'hex')

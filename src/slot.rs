@@ -282,10 +282,14 @@ pub fn create_temporary(
         pg_sys::ReplicationSlotMarkDirty();
         pg_sys::ReplicationSlotSave();
     }
-    mark_ours(name)?;
     // SAFETY: reading the slot we hold.
     let local = unsafe { snapshot_of(slot) };
     drop(guard);
+    if let Err(e) = mark_ours(name) {
+        // Unmarked, it would never be ours to drop: give it up now.
+        drop_slot(name);
+        return Err(e);
+    }
     Ok(local)
 }
 

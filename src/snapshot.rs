@@ -13,7 +13,7 @@
 //! primary itself has no file for that LSN (a slot that has not decoded past
 //! its creation point), the primary would rebuild exactly as the standby will.
 //!
-//! Files that no local slot's `restart_lsn` names any more are removed.
+//! Files older than every local slot's `restart_lsn` are removed, as core does.
 
 use std::fs;
 use std::io::Write;
@@ -68,20 +68,19 @@ pub fn parse_file_name(name: &str) -> Option<Lsn> {
     (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some(Lsn((hi << 32) | lo))
 }
 
-/// Removes snapshot files (and our leftover temporary files) for LSNs that no
-/// slot in `keep` restarts from. Returns how many were removed.
-pub fn remove_unneeded(keep: &[Lsn]) -> usize {
+/// Removes snapshot files older than `oldest` (the oldest restart_lsn of any
+/// local logical slot; None: there is none, every file goes), and leftover
+/// temporary files of ours. Files at or after `oldest` may still be needed.
+/// Returns how many were removed.
+pub fn remove_older_than(oldest: Option<Lsn>) -> usize {
     let Ok(entries) = fs::read_dir(DIR) else {
         return 0;
     };
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let unneeded = if name.ends_with(".sync_logical_slot.tmp") {
-            true
-        } else {
-            matches!(parse_file_name(&name), Some(lsn) if !keep.contains(&lsn))
-        };
+        let unneeded = name.ends_with(".sync_logical_slot.tmp")
+            || matches!(parse_file_name(&name), Some(lsn) if oldest.is_none_or(|o| lsn < o));
         if unneeded && fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }

@@ -117,6 +117,9 @@ impl Syncer {
         let mut counts = PassCounts::default();
         let mut rows = Vec::with_capacity(selected.len());
         for r in &selected {
+            // A reload (new settings) or a promotion ends the pass here; the
+            // worker decides what next (see stop_check).
+            stop_check()?;
             let local = locals.get(&r.name);
             let outcome = match per_slot(|| sync_one(primary, r, local, &standby, &mut counts)) {
                 Ok(o) => o,
@@ -150,6 +153,7 @@ impl Syncer {
         }
 
         let names: HashSet<&str> = selected.iter().map(|r| r.name.as_str()).collect();
+        stop_check()?;
         for l in locals.values() {
             if plan::should_drop_extra(l, names.contains(l.name.as_str()), guc::drop_extra_slots())
             {
@@ -180,12 +184,15 @@ impl Syncer {
         self.said.retain(|k, _| names.contains(k.as_str()));
         self.last_synced.retain(|k, _| names.contains(k.as_str()));
 
-        // Snapshot files that no local slot restarts from any more.
-        let keep: Vec<Lsn> = slot::local_logical_slots()
+        // Snapshot files older than every local slot's restart_lsn (core's own
+        // rule). Never after a promotion: decoding writes its own files then.
+        stop_check()?;
+        let oldest = slot::local_logical_slots()
             .iter()
             .map(|l| l.restart_lsn)
-            .collect();
-        snapshot::remove_unneeded(&keep);
+            .filter(|l| l.is_valid())
+            .min();
+        snapshot::remove_older_than(oldest);
 
         counts.selected = rows.len() as u32;
         counts.ready = rows.iter().filter(|r| r.ready).count() as u32;
@@ -280,6 +287,8 @@ fn sync_one(
 ) -> Result<Outcome, SyncError> {
     let database_oid = slot::database_oid(&remote.database);
     let held = snapshot_held(primary, remote, local, standby)?;
+    // The snapshot read may have waited on the network: check again before writing.
+    stop_check()?;
     let action = plan::plan(remote, local, standby, database_oid.is_some(), held);
     match action {
         Action::Create => {}
@@ -370,8 +379,10 @@ fn snapshot_held(
     standby: &StandbyPosition,
 ) -> Result<bool, SyncError> {
     let lsn = remote.restart_lsn;
-    let would_move = local.is_some_and(|l| l.ours && lsn > l.restart_lsn)
-        && lsn.is_valid()
+    // Needed when the copy would move to `lsn`, or become persistent there.
+    let would_move = local.is_some_and(|l| {
+        l.ours && (lsn > l.restart_lsn || (!l.persistent && lsn == l.restart_lsn))
+    }) && lsn.is_valid()
         && lsn <= standby.flushed_lsn;
     if !would_move || snapshot::held(lsn) {
         return Ok(true);
@@ -392,6 +403,20 @@ fn snapshot_held(
         // slot's restart_lsn, so a slot still at `lsn` means there never was one).
         None => Ok(primary.restart_lsn_of(&remote.name)? == Some(lsn)),
     }
+}
+
+/// Ends the pass early when the server was promoted meanwhile (nothing may be
+/// written as a standby any more) or a reload is pending (new settings apply
+/// at once; a network wait may have been cancelled by it).
+fn stop_check() -> Result<(), SyncError> {
+    // SAFETY: reads shared state.
+    if !unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(SyncError::NotInRecovery);
+    }
+    if crate::worker::signals::reload_pending() {
+        return Err(SyncError::Reloaded);
+    }
+    Ok(())
 }
 
 /// Runs `f` in a subtransaction: an ERROR inside rolls it back (releasing

@@ -77,7 +77,7 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
 /// (inside libpqwalreceiver, which only returns on its own timeouts), it also
 /// raises a query cancel, so that the wait ends with an ERROR the step catches
 /// and the new settings are used at once instead of after `connect_timeout`.
-mod signals {
+pub(crate) mod signals {
     use pgrx::pg_sys;
     use std::ffi::c_int;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -202,7 +202,8 @@ impl Worker {
             }
             let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
             report_activity("connecting to the primary server");
-            match signals::interruptible_by_reload(|| in_transaction(|| connect(&source))) {
+            // The network waits inside are interruptible by a reload (remote.rs).
+            match in_transaction(|| connect(&source)) {
                 Ok(p) => {
                     self.primary = Some(p);
                     log(
@@ -223,7 +224,7 @@ impl Worker {
 
         let primary = self.primary.as_mut().expect("connected above");
         let syncer = &mut self.syncer;
-        match signals::interruptible_by_reload(|| in_transaction(|| syncer.pass(primary))) {
+        match in_transaction(|| syncer.pass(primary)) {
             Ok(counts) => {
                 self.failures = 0;
                 self.retry_at = None;
@@ -239,6 +240,11 @@ impl Worker {
                 })
             }
             Err(_) if signals::reload_pending() => {
+                self.disconnect();
+                Some(Duration::ZERO)
+            }
+            // Promoted during the pass: the next step says so and stops.
+            Err(SyncError::NotInRecovery) => {
                 self.disconnect();
                 Some(Duration::ZERO)
             }
