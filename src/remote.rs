@@ -192,10 +192,8 @@ impl Primary {
                 "its system identifier is {remote}, this standby's is {local}"
             )));
         }
-        let rows = self.query("SELECT pg_catalog.pg_is_in_recovery()::text", 1)?;
-        if rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
+        if self
+            .query_value("SELECT pg_catalog.pg_is_in_recovery()::text")?
             .as_deref()
             != Some("false")
         {
@@ -262,6 +260,15 @@ impl Primary {
         Ok(out)
     }
 
+    /// The first column of the first row of a one-column query (None: no row, or NULL).
+    fn query_value(&mut self, sql: &str) -> Result<Option<String>, SyncError> {
+        let rows = self.query(sql, 1)?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
     /// Every logical slot of the primary, in name order, and the
     /// `catalog_xmin` that the primary holds for this standby's physical slot
     /// `physical_slot` (its hot_standby_feedback; INVALID when it has none;
@@ -293,12 +300,7 @@ impl Primary {
                FROM (SELECT {} AS path) f, LATERAL pg_catalog.pg_stat_file(f.path, true) s",
             pgrx::spi::quote_literal(crate::snapshot::remote_path(lsn))
         );
-        let rows = self.query(&sql, 1)?;
-        match rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next().flatten())
-        {
+        match self.query_value(&sql)? {
             None => Ok(None),
             Some(hex) => decode_hex(&hex).map(Some).ok_or_else(|| {
                 SyncError::RemoteQuery("the snapshot file came back garbled".into())
@@ -312,12 +314,7 @@ impl Primary {
             "SELECT restart_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
             pgrx::spi::quote_literal(slot)
         );
-        let rows = self.query(&sql, 1)?;
-        match rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next().flatten())
-        {
+        match self.query_value(&sql)? {
             None => Ok(None),
             Some(s) => s.parse().map(Some).map_err(SyncError::RemoteQuery),
         }

@@ -80,6 +80,25 @@ pub struct Local {
     pub catalog_xmin: Xid,
 }
 
+impl Local {
+    /// From a copy of a slot's persistent data (taken under its spinlock).
+    fn from_data(d: &pg_sys::ReplicationSlotPersistentData, active_pid: i32) -> Local {
+        Local {
+            name: name_str(&d.name),
+            database_oid: d.database,
+            plugin: name_str(&d.plugin),
+            persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+            active_pid,
+            two_phase: d.two_phase,
+            // PostgreSQL 13-15 mark an invalidated slot this way.
+            invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
+            restart_lsn: Lsn(d.restart_lsn),
+            confirmed_flush_lsn: Lsn(d.confirmed_flush),
+            catalog_xmin: Xid(d.catalog_xmin.into_inner()),
+        }
+    }
+}
+
 fn name_str(n: &pg_sys::NameData) -> String {
     // SAFETY: NameData is a NUL-terminated char array of NAMEDATALEN bytes.
     unsafe { CStr::from_ptr(n.data.as_ptr()) }
@@ -118,18 +137,7 @@ pub fn local_logical_slots() -> Vec<Local> {
             if d.database == pg_sys::InvalidOid {
                 continue; // physical
             }
-            out.push(Local {
-                name: name_str(&d.name),
-                database_oid: d.database,
-                plugin: name_str(&d.plugin),
-                persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
-                active_pid,
-                two_phase: d.two_phase,
-                invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
-                restart_lsn: Lsn(d.restart_lsn),
-                confirmed_flush_lsn: Lsn(d.confirmed_flush),
-                catalog_xmin: Xid(d.catalog_xmin.into_inner()),
-            });
+            out.push(Local::from_data(&d, active_pid));
         }
         pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
     }
@@ -324,18 +332,7 @@ unsafe fn snapshot_of(slot: *mut pg_sys::ReplicationSlot) -> Local {
         let d = (*slot).data;
         let active_pid = (*slot).active_pid;
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        Local {
-            name: name_str(&d.name),
-            database_oid: d.database,
-            plugin: name_str(&d.plugin),
-            persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
-            active_pid,
-            two_phase: d.two_phase,
-            invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
-            restart_lsn: Lsn(d.restart_lsn),
-            confirmed_flush_lsn: Lsn(d.confirmed_flush),
-            catalog_xmin: Xid(d.catalog_xmin.into_inner()),
-        }
+        Local::from_data(&d, active_pid)
     }
 }
 

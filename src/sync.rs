@@ -123,11 +123,17 @@ impl Syncer {
             let local = locals.get(&r.name);
             let outcome = match per_slot(|| sync_one(primary, r, local, &standby, &mut counts)) {
                 Ok(o) => o,
-                Err(e) => Outcome {
-                    state: State::Error,
-                    reason: Some(e.to_string()),
-                    local: local.map(positions),
-                },
+                // Not this slot's failure: the pass stops (a reload may also
+                // have cancelled a query on the way).
+                Err(e @ (SyncError::Reloaded | SyncError::NotInRecovery)) => return Err(e),
+                Err(e) => {
+                    stop_check()?;
+                    Outcome {
+                        state: State::Error,
+                        reason: Some(e.to_string()),
+                        local: local.map(positions),
+                    }
+                }
             };
             self.say(r, &outcome);
             // SAFETY: reads the clock.

@@ -89,9 +89,12 @@ pub(crate) mod signals {
     }
 
     static IN_NETWORK_WAIT: AtomicBool = AtomicBool::new(false);
+    /// A cancel was raised in a network wait: that connection's state is unknown.
+    static CANCEL_RAISED: AtomicBool = AtomicBool::new(false);
 
     pub unsafe extern "C-unwind" fn handle_sighup(arg: c_int) {
         if IN_NETWORK_WAIT.load(Ordering::SeqCst) {
+            CANCEL_RAISED.store(true, Ordering::SeqCst);
             // SAFETY: sig_atomic_t flags, set as PostgreSQL's StatementCancelHandler sets them.
             unsafe {
                 pg_sys::QueryCancelPending = 1;
@@ -111,6 +114,11 @@ pub(crate) mod signals {
         // SAFETY: plain store to a sig_atomic_t that the handler no longer sets.
         unsafe { pg_sys::QueryCancelPending = 0 };
         r
+    }
+
+    /// Whether a reload cancelled a network wait since the last call.
+    pub fn take_cancel_raised() -> bool {
+        CANCEL_RAISED.swap(false, Ordering::SeqCst)
     }
 
     pub fn reload_pending() -> bool {
@@ -217,7 +225,10 @@ impl Worker {
                     );
                 }
                 // Interrupted by a reload: use the new settings now, no backoff.
-                Err(_) if signals::reload_pending() => return Some(Duration::ZERO),
+                Err(_) if signals::reload_pending() => {
+                    signals::take_cancel_raised();
+                    return Some(Duration::ZERO);
+                }
                 Err(e) => return Some(self.failed(e, &source)),
             }
         }
@@ -226,6 +237,8 @@ impl Worker {
         let syncer = &mut self.syncer;
         match in_transaction(|| syncer.pass(primary)) {
             Ok(counts) => {
+                // A cancel that came as a query finished cancelled nothing.
+                signals::take_cancel_raised();
                 self.failures = 0;
                 self.retry_at = None;
                 report_activity(&format!(
@@ -239,8 +252,12 @@ impl Worker {
                     guc::naptime()
                 })
             }
+            // A reload: apply it now. Reconnect only if it cancelled a query
+            // (the connection may be mid-answer) or changed the settings.
             Err(_) if signals::reload_pending() => {
-                self.disconnect();
+                if signals::take_cancel_raised() {
+                    self.disconnect();
+                }
                 Some(Duration::ZERO)
             }
             // Promoted during the pass: the next step says so and stops.

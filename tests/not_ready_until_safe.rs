@@ -17,37 +17,10 @@ use common::*;
 #[test]
 fn copy_waits_temporary_until_the_primary_passes_its_reservation() {
     let dir = TestDir::new("not_ready_until_safe");
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY)");
-
-    let standby = dir.standby("standby1", &primary);
-    // lagging is not selected yet.
-    standby.set_auto_conf("sync_logical_slot.slot_names", "active");
-    standby.start();
-
-    primary.sql("SELECT pg_create_logical_replication_slot('lagging', 'test_decoding')");
-    for _ in 0..5 {
-        primary.sql("SELECT txid_current()");
-    }
-    primary.sql("SELECT pg_create_logical_replication_slot('active', 'test_decoding')");
-    primary.sql("INSERT INTO t VALUES (1)");
-    // Decoding a running-xacts record (CHECKPOINT) moves active's catalog_xmin
-    // to the present, past what the standby reserves for its copy.
-    primary.sql("CHECKPOINT");
-    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
-    wait_for_copy(&standby, &primary, "active");
-    standby.wait_for_catchup(&primary);
-
-    // Now select lagging: its primary catalog_xmin is older than what the standby can reserve.
-    let offset = standby.log_offset();
-    standby.set_auto_conf("sync_logical_slot.slot_names", "active, lagging");
-    standby.reload();
-    standby.poll_query_until(&status_of("lagging"), "waiting_for_remote");
+    let (primary, standby) = lagging_and_active(&dir);
     standby.wait_for_log(
         "replication slot \"lagging\" is not ready: waiting_for_remote",
-        offset,
+        0,
     );
     let reserved: u64 = standby
         .sql("SELECT catalog_xmin FROM pg_replication_slots WHERE slot_name = 'lagging'")

@@ -14,29 +14,7 @@ use common::*;
 #[test]
 fn promotion_keeps_persistent_copies_and_drops_temporary_ones() {
     let dir = TestDir::new("promotion");
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    let standby = dir.standby("standby1", &primary);
-    standby.set_auto_conf("sync_logical_slot.slot_names", "active");
-    standby.start();
-
-    // lagging: created, then xids burned, never consumed: its copy, selected
-    // only afterwards, waits.
-    primary.sql("SELECT pg_create_logical_replication_slot('lagging', 'test_decoding')");
-    for _ in 0..5 {
-        primary.sql("SELECT txid_current()");
-    }
-    primary.sql("SELECT pg_create_logical_replication_slot('active', 'test_decoding')");
-    primary.sql("INSERT INTO t VALUES (1)");
-    primary.sql("CHECKPOINT");
-    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
-    wait_for_copy(&standby, &primary, "active");
-    standby.wait_for_catchup(&primary);
-    standby.set_auto_conf("sync_logical_slot.slot_names", "active, lagging");
-    standby.reload();
-    standby.poll_query_until(&status_of("lagging"), "waiting_for_remote");
+    let (primary, standby) = lagging_and_active(&dir);
 
     // A restart keeps the persistent copy; the temporary one comes back, waiting.
     standby.restart();

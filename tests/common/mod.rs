@@ -81,6 +81,23 @@ fn run(mut cmd: Command, what: &str) -> Output {
     out
 }
 
+/// psql to `db` on the server at `port`, quiet, stopping at the first error.
+pub fn psql(port: u16, db: &str) -> Command {
+    let mut c = pg_command("psql");
+    c.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+    ])
+    .args(["-p", &port.to_string(), "-d", db]);
+    c
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -386,20 +403,8 @@ impl Node {
 
     /// Runs SQL in database `db`: Ok(unaligned, tuples-only output) or Err(stderr).
     pub fn try_sql_in(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = pg_command("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+        let out = psql(self.port, db)
+            .args(["-A", "-t", "-c", sql])
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -575,18 +580,7 @@ pub struct Session {
 
 impl Session {
     pub fn open(node: &Node, db: &str) -> Session {
-        let child = pg_command("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &node.port.to_string(), "-d", db])
+        let child = psql(node.port, db)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -733,23 +727,11 @@ impl Writer {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let port = node.port.to_string();
+        let port = node.port;
         let thread = std::thread::spawn(move || {
             let mut id = first;
             while !flag.load(Ordering::SeqCst) {
-                let _ = pg_command("psql")
-                    .args([
-                        "-X",
-                        "-q",
-                        "-h",
-                        "127.0.0.1",
-                        "-U",
-                        "postgres",
-                        "-d",
-                        "postgres",
-                        "-p",
-                        &port,
-                    ])
+                let _ = psql(port, "postgres")
                     .args(["-c", &format!("INSERT INTO t VALUES ({id}, 'w')")])
                     .output();
                 id += 1;
@@ -773,4 +755,38 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The set-up of a copy that must wait: on a fresh primary and standby,
+/// `lagging` is created, then 5 xids are burned, then `active` is created,
+/// consumed past a running-xacts record and copied; only then does the standby
+/// select `lagging`, whose catalog_xmin is older than what the standby can
+/// reserve now: its copy waits, temporary (`waiting_for_remote`).
+/// The primary has table `t (id int PRIMARY KEY)` with row 1.
+pub fn lagging_and_active(dir: &TestDir) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let standby = dir.standby("standby1", &primary);
+    standby.set_auto_conf("sync_logical_slot.slot_names", "active");
+    standby.start();
+
+    primary.sql("SELECT pg_create_logical_replication_slot('lagging', 'test_decoding')");
+    for _ in 0..5 {
+        primary.sql("SELECT txid_current()");
+    }
+    primary.sql("SELECT pg_create_logical_replication_slot('active', 'test_decoding')");
+    primary.sql("INSERT INTO t VALUES (1)");
+    // Decoding a running-xacts record (CHECKPOINT) moves active's catalog_xmin
+    // to the present, past what the standby reserves for its copy.
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
+    wait_for_copy(&standby, &primary, "active");
+    standby.wait_for_catchup(&primary);
+
+    standby.set_auto_conf("sync_logical_slot.slot_names", "active, lagging");
+    standby.reload();
+    standby.poll_query_until(&status_of("lagging"), "waiting_for_remote");
+    (primary, standby)
 }
