@@ -1,8 +1,16 @@
-//! SQL functions and the status view.
+//! SQL functions and the status view. Every function is superuser-only
+//! (REVOKE ... FROM PUBLIC below, and checked inside).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 use crate::status;
+use crate::types::Lsn;
 
 /// The rows of `sync_logical_slot_status`, from the worker's shared state.
 /// Positions and xids come as text and are cast by the view.
@@ -64,6 +72,451 @@ fn sync_logical_slot_status_rows() -> TableIterator<
     TableIterator::new(rows)
 }
 
+// ---------------------------------------------------------------------------
+// Errors. A function that takes a password must not let PostgreSQL print the
+// statement (or an SPI statement in the error context) to the log with it:
+// while such a function runs, the next ERROR is marked hide_stmt/hide_ctx by
+// an emit_log_hook.
+
+static HIDE_NEXT_ERROR: AtomicBool = AtomicBool::new(false);
+static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// Installs the log hook (from _PG_init).
+pub fn init() {
+    // SAFETY: hooks are installed once, in the postmaster, before any backend.
+    unsafe {
+        PREV_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(hide_statement_hook);
+    }
+}
+
+unsafe extern "C-unwind" fn hide_statement_hook(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes a valid ErrorData; only flags are changed.
+    unsafe {
+        if HIDE_NEXT_ERROR.load(Ordering::Relaxed) && (*edata).elevel >= pg_sys::PGERROR as i32 {
+            (*edata).hide_stmt = true;
+            (*edata).hide_ctx = true;
+            HIDE_NEXT_ERROR.store(false, Ordering::Relaxed);
+        }
+        if let Some(prev) = PREV_EMIT_LOG_HOOK {
+            prev(edata);
+        }
+    }
+}
+
+fn fail(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str>) -> ! {
+    let mut r = ErrorReport::new(code, message.into(), "sync_logical_slot");
+    if let Some(h) = hint {
+        r = r.set_hint(h.to_string());
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+fn in_recovery() -> bool {
+    // SAFETY: reads shared state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// Functions that only make sense on a standby.
+fn require_standby(use_instead: &str) {
+    if !in_recovery() {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "this server is not a standby",
+            Some(use_instead),
+        );
+    }
+}
+
+fn require_superuser(function: &str) {
+    // SAFETY: reads the session's user.
+    if !unsafe { pg_sys::superuser() } {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for function {function}"),
+            Some("Only superusers may call the functions of sync_logical_slot."),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// failover_logical_slot_init: the seed-compatible set-up, on the primary.
+
+/// The foreign server the set-up creates, and that sync_logical_slot.master_fdw names.
+pub const FOREIGN_SERVER: &str = "master_fdw";
+
+/// Checked input of failover_logical_slot_init (pure, for unit tests).
+#[derive(Debug, PartialEq, Eq)]
+pub struct InitArgs {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl InitArgs {
+    /// Err: (SQLSTATE is null_value_not_allowed when .0, else invalid_parameter_value, message).
+    pub fn check(
+        host: Option<&str>,
+        port: Option<&str>,
+        dbname: Option<&str>,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<InitArgs, (bool, String)> {
+        let need = |v: Option<&str>, what: &str| {
+            v.map(str::to_string)
+                .ok_or_else(|| (true, format!("{what} must not be NULL")))
+        };
+        let (host, port, dbname, username, password) = (
+            need(host, "host")?,
+            need(port, "port")?,
+            need(dbname, "dbname")?,
+            need(username, "username")?,
+            need(password, "password")?,
+        );
+        for (value, what) in [
+            (&host, "host"),
+            (&dbname, "dbname"),
+            (&username, "username"),
+        ] {
+            if value.trim().is_empty() {
+                return Err((false, format!("{what} must not be empty")));
+            }
+        }
+        let port = match port.trim().parse::<u16>() {
+            Ok(p) if p >= 1 && port.trim().bytes().all(|b| b.is_ascii_digit()) => p,
+            _ => {
+                return Err((
+                    false,
+                    format!("invalid port \"{port}\": it must be a number from 1 to 65535"),
+                ))
+            }
+        };
+        Ok(InitArgs {
+            host: host.trim().to_string(),
+            port,
+            dbname,
+            username,
+            password,
+        })
+    }
+}
+
+/// A SQL string literal, as PostgreSQL's quote_literal() writes it (pure Rust,
+/// so that unit tests need no server).
+fn literal(v: &str) -> String {
+    let body = v.replace('\'', "''");
+    if v.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// `ALTER ... OPTIONS (SET k 'v' | ADD k 'v', ...)`: SET for options present, ADD for new ones.
+fn option_list(present: &[String], wanted: &[(&str, &str)], drop: &[&str]) -> String {
+    let has = |k: &str| {
+        present
+            .iter()
+            .any(|o| o.split_once('=').map(|(a, _)| a) == Some(k))
+    };
+    let mut items: Vec<String> = wanted
+        .iter()
+        .map(|(k, v)| format!("{} {k} {}", if has(k) { "SET" } else { "ADD" }, literal(v)))
+        .collect();
+    items.extend(drop.iter().filter(|k| has(k)).map(|k| format!("DROP {k}")));
+    items.join(", ")
+}
+
+/// Creates (or updates) the foreign server master_fdw and the user mapping
+/// the standby's worker uses, and returns the postgresql.conf lines to add.
+#[pg_extern(volatile, parallel_unsafe)]
+fn failover_logical_slot_init(
+    host: Option<&str>,
+    port: Option<&str>,
+    dbname: Option<&str>,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> SetOfIterator<'static, String> {
+    // From here on, an ERROR never prints the statement (it holds the password).
+    HIDE_NEXT_ERROR.store(true, Ordering::Relaxed);
+    require_superuser("failover_logical_slot_init");
+    if in_recovery() {
+        fail(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "failover_logical_slot_init() must run on the primary server",
+            Some("Run it on the primary: the foreign server and user mapping reach every standby through replication."),
+        );
+    }
+    let args = match InitArgs::check(host, port, dbname, username, password) {
+        Ok(a) => a,
+        Err((null, message)) => fail(
+            if null {
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED
+            } else {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            },
+            message,
+            Some("Call failover_logical_slot_init(host, port, dbname, username, password) with the primary's address, as the standbys reach it."),
+        ),
+    };
+    let port = args.port.to_string();
+    let server_options: Option<Vec<Option<String>>> = Spi::get_one(&format!(
+        "SELECT coalesce(srvoptions, '{{}}') FROM pg_catalog.pg_foreign_server WHERE srvname = {}",
+        pgrx::spi::quote_literal(FOREIGN_SERVER)
+    ))
+    .unwrap_or(None);
+    let server = [
+        ("host", args.host.as_str()),
+        ("port", port.as_str()),
+        ("dbname", args.dbname.as_str()),
+    ];
+    match server_options {
+        None => Spi::run(&format!(
+            "CREATE SERVER {FOREIGN_SERVER} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})",
+            server
+                .iter()
+                .map(|(k, v)| format!("{k} {}", literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(opts) => {
+            let opts: Vec<String> = opts.into_iter().flatten().collect();
+            Spi::run(&format!(
+                "ALTER SERVER {FOREIGN_SERVER} OPTIONS ({})",
+                option_list(&opts, &server, &[])
+            ))
+        }
+    }
+    .unwrap_or_else(|e| {
+        fail(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not set up foreign server \"{FOREIGN_SERVER}\": {e}"),
+            None,
+        )
+    });
+
+    // The mapping is for the role the standby's worker runs as: the bootstrap superuser.
+    let role: String = Spi::get_one("SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "postgres".into());
+    let mapping_options: Option<Vec<Option<String>>> = Spi::get_one(&format!(
+        "SELECT coalesce(um.umoptions, '{{}}') FROM pg_catalog.pg_user_mapping um
+           JOIN pg_catalog.pg_foreign_server s ON s.oid = um.umserver
+          WHERE s.srvname = {} AND um.umuser = 10",
+        pgrx::spi::quote_literal(FOREIGN_SERVER)
+    ))
+    .unwrap_or(None);
+    let mut mapping = vec![("user", args.username.as_str())];
+    if !args.password.is_empty() {
+        mapping.push(("password", args.password.as_str()));
+    }
+    let role_ident = pgrx::spi::quote_identifier(&role);
+    match mapping_options {
+        None => Spi::run(&format!(
+            "CREATE USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER} OPTIONS ({})",
+            mapping
+                .iter()
+                .map(|(k, v)| format!("{k} {}", literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(opts) => {
+            let opts: Vec<String> = opts.into_iter().flatten().collect();
+            let drop: &[&str] = if args.password.is_empty() {
+                &["password"]
+            } else {
+                &[]
+            };
+            Spi::run(&format!(
+                "ALTER USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER} OPTIONS ({})",
+                option_list(&opts, &mapping, drop)
+            ))
+        }
+    }
+    .unwrap_or_else(|_| {
+        fail(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not set up the user mapping for foreign server \"{FOREIGN_SERVER}\""),
+            None,
+        )
+    });
+
+    let database: String = Spi::get_one("SELECT current_database()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    HIDE_NEXT_ERROR.store(false, Ordering::Relaxed);
+    SetOfIterator::new(vec![
+        "shared_preload_libraries = 'sync_logical_slot'".to_string(),
+        format!(
+            "sync_logical_slot.database = {}",
+            pgrx::spi::quote_literal(&database)
+        ),
+        format!("sync_logical_slot.master_fdw = '{FOREIGN_SERVER}'"),
+    ])
+}
+
+// ---------------------------------------------------------------------------
+// Readiness and passes on demand (standby).
+
+/// How long a session waits for the worker to answer a request for a pass.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Asks the worker for a pass and waits for its answer.
+fn pass_now() -> (u32, u32, u32) {
+    let Some(seq) = status::request() else {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "the sync_logical_slot worker is not running",
+            Some("Check the server log; the worker is restarted 5 s after it exits."),
+        );
+    };
+    let deadline = Instant::now() + ANSWER_DEADLINE;
+    loop {
+        if let Some(answer) = status::answer_for(seq) {
+            return answer.unwrap_or_else(|e| {
+                fail(
+                    PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,
+                    format!("the sync pass did not complete: {e}"),
+                    Some("The worker retries on its own; sync_logical_slot_status shows each slot's state."),
+                )
+            });
+        }
+        if Instant::now() > deadline {
+            fail(
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!(
+                    "the sync_logical_slot worker did not answer within {} s",
+                    ANSWER_DEADLINE.as_secs()
+                ),
+                Some("It may be waiting on an unresponsive primary server; see its line in pg_stat_activity."),
+            );
+        }
+        wait_a_little();
+    }
+}
+
+fn wait_a_little() {
+    // SAFETY: waits on this session's latch; interrupts are checked after.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            20,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// One sync pass now, through the worker (passes never overlap).
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_sync_now() -> TableIterator<
+    'static,
+    (
+        name!(created, i32),
+        name!(advanced, i32),
+        name!(dropped, i32),
+    ),
+> {
+    require_superuser("sync_logical_slot_sync_now");
+    require_standby("On a primary there is nothing to sync.");
+    let (c, a, d) = pass_now();
+    TableIterator::once((c as i32, a as i32, d as i32))
+}
+
+/// True when every slot the filters select on the primary has a ready copy
+/// here, as of the worker's last pass, and those copies still exist.
+fn ready_now() -> bool {
+    if status::passes() == 0 {
+        return false;
+    }
+    let locals = crate::slot::local_logical_slots();
+    status::read().iter().all(|row| {
+        row.ready
+            && locals
+                .iter()
+                .any(|l| l.name == row.name && l.persistent && !l.invalidated)
+    })
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn sync_logical_slot_ready() -> bool {
+    require_superuser("sync_logical_slot_ready");
+    require_standby("Readiness is asked of a standby before it is promoted.");
+    ready_now()
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_wait_ready(timeout: Option<Interval>) -> bool {
+    require_superuser("sync_logical_slot_wait_ready");
+    let micros = match timeout {
+        Some(t) if !t.is_negative() => t.as_micros(),
+        _ => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must be a non-negative interval",
+            Some("For example: SELECT sync_logical_slot_wait_ready('30s');"),
+        ),
+    };
+    require_standby("Readiness is asked of a standby before it is promoted.");
+    let deadline = Instant::now() + Duration::from_micros(micros.clamp(0, u64::MAX as i128) as u64);
+    loop {
+        if ready_now() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        wait_a_little();
+    }
+}
+
+/// Copies or advances one slot now (a pass through the worker) and returns its state.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_sync_slot_internal(slot_name: &str) -> String {
+    require_superuser("sync_logical_slot_sync_slot");
+    require_standby(
+        "On a primary, use PostgreSQL's own functions, such as pg_replication_slot_advance().",
+    );
+    let filter = crate::guc::slot_filter();
+    if !filter.may_select_name(slot_name) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "replication slot \"{slot_name}\" is not selected by sync_logical_slot.slot_names"
+            ),
+            Some("Add it to sync_logical_slot.slot_names on this standby and reload."),
+        );
+    }
+    pass_now();
+    match status::read().into_iter().find(|r| r.name == slot_name) {
+        Some(row) => row.state.as_str().to_string(),
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("the primary server has no logical slot \"{slot_name}\" that sync_logical_slot.slot_names selects"),
+            Some("Check the slot's name and plugin on the primary (pg_replication_slots) against sync_logical_slot.slot_names."),
+        ),
+    }
+}
+
+/// Moves a persistent copy's confirmed_flush_lsn forward to `upto` (never
+/// back, never past the flushed WAL), e.g. to a consumer's own position
+/// before promotion. Returns where it ends.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_advance_internal(slot_name: &str, upto: i64) -> i64 {
+    require_superuser("sync_logical_slot_advance");
+    require_standby("On a primary, use pg_replication_slot_advance().");
+    match crate::slot::advance_confirmed(slot_name, Lsn(upto as u64)) {
+        Ok(lsn) => lsn.0 as i64,
+        Err(e) => fail(e.sqlstate(), e.to_string(), e.hint()),
+    }
+}
+
 extension_sql!(
     r#"
 CREATE VIEW sync_logical_slot_status AS
@@ -81,15 +534,122 @@ SELECT slot_name::name AS slot_name,
        lag_bytes,
        last_sync_at,
        last_error
-  FROM sync_logical_slot_status_rows();
+  FROM @extschema@.sync_logical_slot_status_rows();
+
+-- The documented signatures (name, pg_lsn) over the Rust functions.
+CREATE FUNCTION sync_logical_slot_sync_slot(slot_name name) RETURNS text
+    LANGUAGE sql VOLATILE
+    AS $$ SELECT @extschema@.sync_logical_slot_sync_slot_internal(slot_name::text) $$;
+CREATE FUNCTION sync_logical_slot_advance(slot_name name, upto_lsn pg_lsn) RETURNS pg_lsn
+    LANGUAGE sql VOLATILE
+    AS $$ SELECT format('%s/%s', to_hex(r >> 32), to_hex(r & 4294967295))::pg_lsn
+            FROM @extschema@.sync_logical_slot_advance_internal(
+                   slot_name::text, least(upto_lsn - '0/0', 9223372036854775807)::bigint) r $$;
 
 REVOKE ALL ON FUNCTION sync_logical_slot_status_rows() FROM PUBLIC;
 REVOKE ALL ON sync_logical_slot_status FROM PUBLIC;
-COMMENT ON FUNCTION sync_logical_slot_status_rows() IS
-  'Rows of the sync_logical_slot_status view: the standby worker''s per-slot sync state.';
+REVOKE ALL ON FUNCTION failover_logical_slot_init(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_sync_now() FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_ready() FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_wait_ready(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot_internal(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_advance(name, pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_advance_internal(text, bigint) FROM PUBLIC;
+
 COMMENT ON VIEW sync_logical_slot_status IS
-  'One row per primary slot this standby copies or waits to copy; empty on a primary. ready = the copy can be used after a failover.';
+  'One row per primary slot this standby copies or waits to copy, as of the worker''s last pass; empty on a primary. ready: the copy can be used after a failover.';
+COMMENT ON FUNCTION sync_logical_slot_status_rows() IS
+  'Rows of the sync_logical_slot_status view (use the view).';
+COMMENT ON FUNCTION failover_logical_slot_init(text, text, text, text, text) IS
+  'On the primary: creates or updates foreign server master_fdw (postgres_fdw) and the user mapping the standbys'' workers connect with; returns the postgresql.conf lines to add on the standbys. The password is never shown.';
+COMMENT ON FUNCTION sync_logical_slot_sync_now() IS
+  'On a standby: one sync pass now, run by the worker; returns how many copies it created, advanced and dropped.';
+COMMENT ON FUNCTION sync_logical_slot_ready() IS
+  'On a standby: true when every slot the filters select on the primary has a ready copy here (as of the worker''s last pass). A promotion gate.';
+COMMENT ON FUNCTION sync_logical_slot_wait_ready(interval) IS
+  'On a standby: waits up to timeout for sync_logical_slot_ready(); returns its last value.';
+COMMENT ON FUNCTION sync_logical_slot_sync_slot(name) IS
+  'On a standby: a sync pass now; returns the state of this slot''s copy. An error if the primary lacks it or the filters exclude it.';
+COMMENT ON FUNCTION sync_logical_slot_sync_slot_internal(text) IS
+  'Implementation of sync_logical_slot_sync_slot(name).';
+COMMENT ON FUNCTION sync_logical_slot_advance(name, pg_lsn) IS
+  'On a standby: moves a persistent copy''s confirmed_flush_lsn forward to upto_lsn (never back, never past the flushed WAL); returns where it ends.';
+COMMENT ON FUNCTION sync_logical_slot_advance_internal(text, bigint) IS
+  'Implementation of sync_logical_slot_advance(name, pg_lsn).';
 "#,
-    name = "status_view",
-    requires = [sync_logical_slot_status_rows],
+    name = "sql_interface",
+    requires = [
+        sync_logical_slot_status_rows,
+        failover_logical_slot_init,
+        sync_logical_slot_sync_now,
+        sync_logical_slot_ready,
+        sync_logical_slot_wait_ready,
+        sync_logical_slot_sync_slot_internal,
+        sync_logical_slot_advance_internal
+    ],
 );
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn init_arguments_are_checked() {
+        let ok = InitArgs::check(
+            Some(" db1 "),
+            Some("5432"),
+            Some("app"),
+            Some("rep"),
+            Some("pw"),
+        );
+        assert_eq!(
+            ok.as_ref().map(|a| (a.host.as_str(), a.port)),
+            Ok(("db1", 5432))
+        );
+        assert!(matches!(
+            InitArgs::check(None, Some("5432"), Some("app"), Some("rep"), Some("pw")),
+            Err((true, _))
+        ));
+        assert!(matches!(
+            InitArgs::check(Some("h"), Some("5432"), Some("app"), Some("rep"), None),
+            Err((true, _))
+        ));
+        for port in ["", "0", "65536", "abc", "-1", "+5432", "54 32"] {
+            assert!(
+                matches!(
+                    InitArgs::check(Some("h"), Some(port), Some("app"), Some("rep"), Some("pw")),
+                    Err((false, _))
+                ),
+                "{port:?}"
+            );
+        }
+        assert!(matches!(
+            InitArgs::check(
+                Some(" "),
+                Some("5432"),
+                Some("app"),
+                Some("rep"),
+                Some("pw")
+            ),
+            Err((false, _))
+        ));
+        // An empty password is allowed (a passfile, or trust).
+        assert!(InitArgs::check(Some("h"), Some("1"), Some("d"), Some("u"), Some("")).is_ok());
+    }
+
+    #[test]
+    fn literals_are_quoted_as_postgres_does() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("a\\b"), "E'a\\\\b'");
+    }
+
+    #[test]
+    fn option_lists_set_what_exists_and_add_the_rest() {
+        let present = vec!["host=a".to_string(), "password=x".to_string()];
+        assert_eq!(
+            option_list(&present, &[("host", "b"), ("port", "1")], &["password"]),
+            "SET host 'b', ADD port '1', DROP password"
+        );
+    }
+}

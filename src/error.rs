@@ -24,6 +24,12 @@ pub enum SyncError {
     WrongPrimary(String),
     #[error("the sync pass was interrupted by a configuration reload")]
     Reloaded,
+    #[error("replication slot \"{0}\" does not exist on this standby")]
+    NoSuchCopy(String),
+    #[error("replication slot \"{0}\" was not created by sync_logical_slot")]
+    NotACopy(String),
+    #[error("the copy of replication slot \"{0}\" is not persistent yet")]
+    CopyNotReady(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -39,6 +45,9 @@ impl SyncError {
             SyncError::NotInRecovery => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SyncError::WrongPrimary(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             SyncError::Reloaded => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            SyncError::NoSuchCopy(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            SyncError::NotACopy(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SyncError::CopyNotReady(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -52,6 +61,15 @@ impl SyncError {
                 "Run failover_logical_slot_init() on the primary, or set sync_logical_slot.primary_conninfo.",
             ),
             SyncError::NotInRecovery => Some("Run this on a standby server."),
+            SyncError::NoSuchCopy(_) => {
+                Some("sync_logical_slot_status lists the slots this standby copies.")
+            }
+            SyncError::NotACopy(_) => {
+                Some("Only copies made by sync_logical_slot are moved by its functions.")
+            }
+            SyncError::CopyNotReady(_) => Some(
+                "It waits for the primary's slot to pass what this standby reserved (state waiting_for_remote); it cannot be used after a failover yet.",
+            ),
             SyncError::WrongPrimary(_) => Some(
                 "Point sync_logical_slot.primary_conninfo or the foreign server of sync_logical_slot.master_fdw at the primary this standby streams from, or leave both empty to use its primary_conninfo.",
             ),

@@ -51,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::init();
     status::init();
+    api::init();
     worker::register();
 }
 
@@ -64,6 +65,147 @@ mod tests {
             "SELECT {column} FROM pg_catalog.pg_settings WHERE name = '{name}'"
         ))
         .expect("pg_settings query")
+    }
+
+    /// The SQLSTATE that `sql` raises, or "ok".
+    fn sqlstate_of(sql: &str) -> String {
+        Spi::get_one::<String>(&format!(
+            "SELECT tests.sqlstate_of({})",
+            pgrx::spi::quote_literal(sql)
+        ))
+        .expect("sqlstate_of")
+        .expect("a result")
+    }
+
+    fn define_sqlstate_of() {
+        Spi::run(
+            "CREATE OR REPLACE FUNCTION tests.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+             BEGIN EXECUTE q; RETURN 'ok';
+             EXCEPTION WHEN others THEN RETURN SQLSTATE; END $f$",
+        )
+        .expect("create sqlstate_of");
+    }
+
+    #[pg_test]
+    fn failover_logical_slot_init_checks_its_input_and_makes_nothing_half() {
+        define_sqlstate_of();
+        let call =
+            |args: &str| sqlstate_of(&format!("SELECT * FROM failover_logical_slot_init({args})"));
+        assert_eq!(call("NULL, '5432', 'postgres', 'rep', 'pw'"), "22004");
+        assert_eq!(call("'db1', '5432', 'postgres', 'rep', NULL"), "22004");
+        assert_eq!(call("'', '5432', 'postgres', 'rep', 'pw'"), "22023");
+        assert_eq!(call("'db1', 'abc', 'postgres', 'rep', 'pw'"), "22023");
+        assert_eq!(call("'db1', '0', 'postgres', 'rep', 'pw'"), "22023");
+        assert_eq!(call("'db1', '70000', 'postgres', 'rep', 'pw'"), "22023");
+        assert_eq!(call("'db1', '5432', '', 'rep', 'pw'"), "22023");
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM pg_foreign_server WHERE srvname = 'master_fdw'"
+            )
+            .unwrap(),
+            Some(0),
+            "a refused call leaves nothing behind"
+        );
+    }
+
+    #[pg_test]
+    fn failover_logical_slot_init_creates_then_updates_and_never_shows_the_password() {
+        let lines: Vec<String> = Spi::connect(|c| {
+            c.select(
+                "SELECT * FROM failover_logical_slot_init('db1', '5432', 'app', 'rep', 's3cret-pw')",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+        });
+        assert_eq!(
+            lines,
+            vec![
+                "shared_preload_libraries = 'sync_logical_slot'".to_string(),
+                format!(
+                    "sync_logical_slot.database = '{}'",
+                    Spi::get_one::<String>("SELECT current_database()::text")
+                        .unwrap()
+                        .unwrap()
+                ),
+                "sync_logical_slot.master_fdw = 'master_fdw'".to_string(),
+            ]
+        );
+        assert!(lines.iter().all(|l| !l.contains("s3cret")));
+        let options = "SELECT array_to_string(srvoptions, ',') FROM pg_foreign_server WHERE srvname = 'master_fdw'";
+        assert_eq!(
+            Spi::get_one::<String>(options).unwrap(),
+            Some("host=db1,port=5432,dbname=app".into())
+        );
+        let mapping = "SELECT array_to_string(umoptions, ',') FROM pg_user_mapping um JOIN pg_foreign_server s ON s.oid = um.umserver WHERE s.srvname = 'master_fdw' AND um.umuser = 10";
+        assert_eq!(
+            Spi::get_one::<String>(mapping).unwrap(),
+            Some("user=rep,password=s3cret-pw".into())
+        );
+        // Again: replaced in place, one server, one mapping; an empty password removes it.
+        Spi::run("SELECT * FROM failover_logical_slot_init('db2', '6543', 'app2', 'rep2', '')")
+            .unwrap();
+        assert_eq!(
+            Spi::get_one::<String>(options).unwrap(),
+            Some("host=db2,port=6543,dbname=app2".into())
+        );
+        assert_eq!(
+            Spi::get_one::<String>(mapping).unwrap(),
+            Some("user=rep2".into())
+        );
+    }
+
+    #[pg_test]
+    fn standby_functions_refuse_to_run_on_a_primary() {
+        define_sqlstate_of();
+        for sql in [
+            "SELECT * FROM sync_logical_slot_sync_now()",
+            "SELECT sync_logical_slot_ready()",
+            "SELECT sync_logical_slot_wait_ready('1s')",
+            "SELECT sync_logical_slot_sync_slot('s')",
+            "SELECT sync_logical_slot_advance('s', '0/1')",
+        ] {
+            assert_eq!(sqlstate_of(sql), "55000", "{sql}");
+        }
+        assert_eq!(
+            sqlstate_of("SELECT sync_logical_slot_wait_ready(NULL)"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT sync_logical_slot_wait_ready('-1s')"),
+            "22023"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM sync_logical_slot_status").unwrap(),
+            Some(0),
+            "a primary shows no rows"
+        );
+    }
+
+    #[pg_test]
+    fn every_function_is_superuser_only() {
+        define_sqlstate_of();
+        Spi::run("CREATE ROLE sls_nobody").unwrap();
+        Spi::run("GRANT USAGE ON SCHEMA tests TO sls_nobody").unwrap();
+        Spi::run("GRANT EXECUTE ON FUNCTION tests.sqlstate_of(text) TO sls_nobody").unwrap();
+        Spi::run("SET ROLE sls_nobody").unwrap();
+        for sql in [
+            "SELECT * FROM failover_logical_slot_init('h', '1', 'd', 'u', 'p')",
+            "SELECT * FROM sync_logical_slot_sync_now()",
+            "SELECT sync_logical_slot_ready()",
+            "SELECT sync_logical_slot_wait_ready('1s')",
+            "SELECT sync_logical_slot_sync_slot('s')",
+            "SELECT sync_logical_slot_advance('s', '0/1')",
+            "SELECT * FROM sync_logical_slot_status",
+            "SELECT * FROM sync_logical_slot_status_rows()",
+            "SELECT sync_logical_slot_sync_slot_internal('s')",
+            "SELECT sync_logical_slot_advance_internal('s', 1)",
+        ] {
+            assert_eq!(sqlstate_of(sql), "42501", "{sql}");
+        }
+        Spi::run("RESET ROLE").unwrap();
     }
 
     #[pg_test]

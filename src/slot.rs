@@ -370,6 +370,50 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
     Ok(())
 }
 
+/// Moves a persistent copy's confirmed_flush_lsn forward to `upto` (capped at
+/// the flushed WAL; never back). For sync_logical_slot_advance(), in a session.
+pub fn advance_confirmed(name: &str, upto: Lsn) -> Result<Lsn, SyncError> {
+    let find = || local_logical_slots().into_iter().find(|l| l.name == name);
+    let Some(mut local) = find() else {
+        return Err(SyncError::NoSuchCopy(name.to_string()));
+    };
+    if !is_ours(name) || is_from_primary_life(name) {
+        return Err(SyncError::NotACopy(name.to_string()));
+    }
+    if !local.persistent {
+        return Err(SyncError::CopyNotReady(name.to_string()));
+    }
+    let target = upto.min(flushed_lsn());
+    if target <= local.confirmed_flush_lsn {
+        return Ok(local.confirmed_flush_lsn);
+    }
+    // The worker holds a persistent copy only while it writes it: let it finish.
+    for _ in 0..200 {
+        if local.active_pid == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        local = find().ok_or_else(|| SyncError::NoSuchCopy(name.to_string()))?;
+    }
+    let guard = Acquired::new(name);
+    let slot = guard.slot();
+    // SAFETY: the slot is acquired by this process; fields under its spinlock.
+    let result = unsafe {
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let current = Lsn((*slot).data.confirmed_flush);
+        let new = current.max(target);
+        (*slot).data.confirmed_flush = new.0;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        if new != current {
+            pg_sys::ReplicationSlotMarkDirty();
+            pg_sys::ReplicationSlotSave();
+        }
+        new
+    };
+    drop(guard);
+    Ok(result)
+}
+
 /// Drops a slot (nowait: a slot in use is an ERROR for this slot, not a wait).
 pub fn drop_slot(name: &str) {
     let c = CString::new(name).expect("slot names have no NUL");

@@ -1,5 +1,9 @@
 //! Per-slot sync state in shared memory: written by the worker after each
-//! pass, read by the `sync_logical_slot_status` view in any session.
+//! pass, read by the `sync_logical_slot_status` view in any session; and the
+//! control block through which SQL sessions ask the worker for a pass now
+//! (`sync_logical_slot_sync_now()`): a temporary copy belongs to the worker
+//! that created it, and passes never run concurrently, so sessions do not
+//! sync themselves, they ask and wait.
 //!
 //! A fixed table (no allocation in shared memory after startup) under one
 //! LWLock; the worker replaces its content in one short exclusive section per
@@ -64,6 +68,32 @@ const EMPTY_ENTRY: Entry = Entry {
 
 static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"sync_logical_slot status") };
 
+/// Requests for a pass, and the worker's answers.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Control {
+    /// The worker's latch (a pointer into shared memory, the same in every
+    /// process), 0 when no worker runs.
+    worker_latch: usize,
+    /// Bumped by each request; the worker serves every request up to the value
+    /// it read before a pass.
+    requested: u64,
+    /// The highest request the worker has answered.
+    answered: u64,
+    /// Passes completed since the worker started (0: no knowledge yet).
+    passes: u64,
+    /// The answer: counts, or an error message (empty: success).
+    created: u32,
+    advanced: u32,
+    dropped: u32,
+    error: [u8; ERROR_LEN],
+}
+
+// SAFETY: plain old data; the latch pointer is into shared memory.
+unsafe impl PGRXSharedMemory for Control {}
+
+static CONTROL: PgLwLock<Control> = unsafe { PgLwLock::new(c"sync_logical_slot control") };
+
 pub fn init() {
     pg_shmem_init!(
         TABLE = Table {
@@ -71,6 +101,91 @@ pub fn init() {
             entries: [EMPTY_ENTRY; CAPACITY],
         }
     );
+    pg_shmem_init!(
+        CONTROL = Control {
+            worker_latch: 0,
+            requested: 0,
+            answered: 0,
+            passes: 0,
+            created: 0,
+            advanced: 0,
+            dropped: 0,
+            error: [0; ERROR_LEN],
+        }
+    );
+}
+
+/// The worker announces itself (its latch), or its exit (None).
+pub fn set_worker_latch(latch: Option<*mut pg_sys::Latch>) {
+    let mut c = CONTROL.exclusive();
+    c.worker_latch = latch.map_or(0, |l| l as usize);
+    if latch.is_some() {
+        c.passes = 0;
+    }
+}
+
+/// The highest request made so far (the worker reads it before a pass).
+pub fn requested() -> u64 {
+    CONTROL.share().requested
+}
+
+/// Whether a request waits for an answer.
+pub fn request_pending() -> bool {
+    let c = CONTROL.share();
+    c.requested > c.answered
+}
+
+/// The worker answers every request up to `upto`: counts of the pass, or why none ran.
+pub fn answer(upto: u64, result: Result<(u32, u32, u32), String>) {
+    let mut c = CONTROL.exclusive();
+    if upto > c.answered {
+        c.answered = upto;
+    }
+    match result {
+        Ok((created, advanced, dropped)) => {
+            c.passes += 1;
+            c.created = created;
+            c.advanced = advanced;
+            c.dropped = dropped;
+            c.error = [0; ERROR_LEN];
+        }
+        Err(e) => put(&mut c.error, &e),
+    }
+}
+
+/// Passes the worker completed since it started.
+pub fn passes() -> u64 {
+    CONTROL.share().passes
+}
+
+/// A session asks for a pass: returns its request number, or None when no worker runs.
+pub fn request() -> Option<u64> {
+    let (seq, latch) = {
+        let mut c = CONTROL.exclusive();
+        c.requested += 1;
+        (c.requested, c.worker_latch)
+    };
+    if latch == 0 {
+        return None;
+    }
+    // SAFETY: the worker's latch lives in shared memory for the worker's life;
+    // setting a latch of an exited process is harmless (PGPROC latches persist).
+    unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    Some(seq)
+}
+
+/// The answer to request `seq`, once the worker gave it.
+pub fn answer_for(seq: u64) -> Option<Result<(u32, u32, u32), String>> {
+    let c = CONTROL.share();
+    if c.answered < seq {
+        return None;
+    }
+    let error = get(&c.error);
+    Some(if error.is_empty() {
+        Ok((c.created, c.advanced, c.dropped))
+    } else {
+        Err(error)
+    })
 }
 
 /// One row of the status view, in Rust types.

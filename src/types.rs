@@ -189,6 +189,16 @@ impl SlotFilter {
         Ok(SlotFilter { selectors })
     }
 
+    /// Whether a slot of this name can be selected by some plugin (false: the
+    /// filter excludes the name whatever the slot's plugin).
+    pub fn may_select_name(&self, name: &str) -> bool {
+        self.selectors.iter().any(|s| match s {
+            SlotSelector::Name(n) => n == name,
+            SlotSelector::NameLike(p) => like(name, p),
+            SlotSelector::Plugin(_) => true,
+        })
+    }
+
     pub fn selects(&self, name: &str, plugin: &str) -> bool {
         self.selectors.iter().any(|s| match s {
             SlotSelector::Name(n) => n == name,

@@ -149,6 +149,8 @@ struct Worker {
 impl Worker {
     fn run(&mut self) -> ! {
         self.conn_settings = connection_settings();
+        // SAFETY: MyLatch is this process's latch in shared memory (PGPROC).
+        status::set_worker_latch(Some(unsafe { pg_sys::MyLatch }));
         loop {
             pgrx::check_for_interrupts!();
             if signals::reload_pending() {
@@ -159,8 +161,12 @@ impl Worker {
                 }
                 self.reload();
             }
-            let timeout = self.step();
-            wait_latch(timeout);
+            // Requests made until now are answered by this step.
+            let upto = status::requested();
+            let timeout = self.step(upto);
+            if !status::request_pending() {
+                wait_latch(timeout);
+            }
         }
     }
 
@@ -175,8 +181,10 @@ impl Worker {
         }
     }
 
-    /// One step; returns how long to sleep (None: until signalled).
-    fn step(&mut self) -> Option<Duration> {
+    /// One step; returns how long to sleep (None: until signalled). Answers
+    /// the SQL requests up to `upto` (sync_now): with the pass's counts, or
+    /// with why no pass ran.
+    fn step(&mut self, upto: u64) -> Option<Duration> {
         // SAFETY: plain reads of shared state.
         if !unsafe { pg_sys::RecoveryInProgress() } {
             if self.mode.is_some() && self.mode != Some(Mode::NotStandby) {
@@ -187,6 +195,7 @@ impl Worker {
             }
             self.enter(Mode::NotStandby);
             self.disconnect();
+            status::answer(upto, Err(SyncError::NotInRecovery.to_string()));
             // Remember which slots belong to this primary's history, so that
             // after a switchover they are replaced, not trusted (see sync.rs).
             slot::mark_primary_slots();
@@ -194,6 +203,13 @@ impl Worker {
         }
         let missing = missing_prerequisites();
         if !missing.is_empty() {
+            status::answer(
+                upto,
+                Err(format!(
+                    "sync_logical_slot cannot sync slots: {} on this standby",
+                    missing.join(" and ")
+                )),
+            );
             self.enter(Mode::MissingPrerequisites(missing));
             self.disconnect();
             // A reload wakes us; the timeout notices a promotion meanwhile.
@@ -204,7 +220,8 @@ impl Worker {
         if self.primary.is_none() {
             if let Some(at) = self.retry_at {
                 let now = Instant::now();
-                if now < at {
+                // A session asking for a pass does not wait for the backoff.
+                if now < at && !status::request_pending() {
                     return Some(at - now);
                 }
             }
@@ -229,7 +246,10 @@ impl Worker {
                     signals::take_cancel_raised();
                     return Some(Duration::ZERO);
                 }
-                Err(e) => return Some(self.failed(e, &source)),
+                Err(e) => {
+                    status::answer(upto, Err(e.to_string()));
+                    return Some(self.failed(e, &source));
+                }
             }
         }
 
@@ -241,6 +261,7 @@ impl Worker {
                 signals::take_cancel_raised();
                 self.failures = 0;
                 self.retry_at = None;
+                status::answer(upto, Ok((counts.created, counts.advanced, counts.dropped)));
                 report_activity(&format!(
                     "{} slot(s) selected for sync, {} ready",
                     counts.selected, counts.ready
@@ -266,6 +287,7 @@ impl Worker {
                 Some(Duration::ZERO)
             }
             Err(e) => {
+                status::answer(upto, Err(e.to_string()));
                 self.disconnect();
                 let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
                 Some(self.failed(e, &source))
