@@ -433,7 +433,8 @@ fn sync_logical_slot_sync_now() -> TableIterator<
 /// True when every slot the filters select on the primary has a ready copy
 /// here, as of the worker's last pass, and those copies still exist.
 fn ready_now() -> bool {
-    if status::passes() == 0 {
+    // No pass yet, or more slots than the table shows: nothing can be vouched for.
+    if status::passes() == 0 || !status::complete() {
         return false;
     }
     let locals = crate::slot::local_logical_slots();

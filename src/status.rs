@@ -43,6 +43,8 @@ pub struct Entry {
 #[repr(C)]
 pub struct Table {
     len: u32,
+    /// Rows the last pass had, also beyond CAPACITY.
+    total: u32,
     entries: [Entry; CAPACITY],
 }
 
@@ -98,6 +100,7 @@ pub fn init() {
     pg_shmem_init!(
         TABLE = Table {
             len: 0,
+            total: 0,
             entries: [EMPTY_ENTRY; CAPACITY],
         }
     );
@@ -252,11 +255,20 @@ pub fn publish(rows: &[SlotStatus]) {
         put(&mut e.last_error, r.last_error.as_deref().unwrap_or(""));
     }
     t.len = n as u32;
+    t.total = rows.len() as u32;
+}
+
+/// Whether the table holds every row of the last pass (false beyond CAPACITY).
+pub fn complete() -> bool {
+    let t = TABLE.share();
+    t.len == t.total
 }
 
 /// Empties the table (the server is not, or no longer, a standby).
 pub fn clear() {
-    TABLE.exclusive().len = 0;
+    let mut t = TABLE.exclusive();
+    t.len = 0;
+    t.total = 0;
 }
 
 /// A copy of the table's rows.

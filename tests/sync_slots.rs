@@ -83,6 +83,16 @@ fn slots_are_copied_followed_and_dropped() {
         "3"
     );
 
+    // ...and the view's remote positions are the primary's.
+    assert_eq!(
+        standby.sql(
+            "SELECT string_agg(concat_ws('|', slot_name, remote_restart_lsn, remote_confirmed_flush_lsn, remote_catalog_xmin), ',' ORDER BY slot_name) FROM sync_logical_slot_status"
+        ),
+        primary.sql(
+            "SELECT string_agg(concat_ws('|', slot_name, restart_lsn, confirmed_flush_lsn, catalog_xmin), ',' ORDER BY slot_name) FROM pg_replication_slots WHERE slot_name IN ('td_main', 'po_app', 'td_app')"
+        )
+    );
+
     // Moving on: more changes, consumed; the copies follow.
     for i in 3..6 {
         primary.sql_in("app", &format!("INSERT INTO t VALUES ({i}, 'v{i}')"));
