@@ -14,6 +14,7 @@ pub mod conninfo; // connection strings: parse, override, redact (pure)
 pub mod error; // SyncError and its SQLSTATEs
 pub mod guc; // settings, check hooks, typed accessors
 pub mod plan; // per-slot decisions (pure)
+pub mod primary; // the walsender wait (standby_slot_names), on the primary
 pub mod remote; // the primary connection and the remote slot query
 pub mod slot; // the only file touching ReplicationSlot internals
 pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
@@ -52,6 +53,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     status::init();
     api::init();
+    primary::init();
     worker::register();
 }
 

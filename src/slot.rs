@@ -144,6 +144,50 @@ pub fn local_logical_slots() -> Vec<Local> {
     out
 }
 
+/// The name of the slot this process has acquired, if any (a walsender's).
+pub fn my_slot_name() -> Option<String> {
+    // SAFETY: MyReplicationSlot is this process's; its name does not change while held.
+    unsafe {
+        let s = pg_sys::MyReplicationSlot;
+        (!s.is_null()).then(|| name_str(&(*s).data.name))
+    }
+}
+
+/// For each name: the WAL position its physical slot has confirmed flushed
+/// (a standby's feedback), or why it confirms nothing. A physical slot that
+/// has not reserved WAL yet (no standby connected so far) confirms 0/0.
+pub fn standby_flush_positions(names: &[String]) -> Vec<(String, Result<Lsn, &'static str>)> {
+    let mut out: Vec<(String, Result<Lsn, &'static str>)> = names
+        .iter()
+        .map(|n| (n.clone(), Err("does not exist")))
+        .collect();
+    // SAFETY: slots are read under ReplicationSlotControlLock, fields under
+    // each slot's spinlock.
+    unsafe {
+        pg_sys::LWLockAcquire(main_lock(SLOT_CONTROL_LOCK), pg_sys::LWLockMode::LW_SHARED);
+        for s in slot_array() {
+            if !(*s).in_use {
+                continue;
+            }
+            pg_sys::SpinLockAcquire(&raw mut (*s).mutex);
+            let d = (*s).data;
+            pg_sys::SpinLockRelease(&raw mut (*s).mutex);
+            let name = name_str(&d.name);
+            if let Some(entry) = out.iter_mut().find(|(n, _)| *n == name) {
+                entry.1 = if d.database != pg_sys::InvalidOid {
+                    Err("is not a physical slot")
+                } else if d.restart_lsn == 0 && d.invalidated_at != 0 {
+                    Err("is invalidated")
+                } else {
+                    Ok(Lsn(d.restart_lsn))
+                };
+            }
+        }
+        pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
+    }
+    out
+}
+
 fn marker_path(name: &str, marker: &str) -> PathBuf {
     PathBuf::from("pg_replslot").join(name).join(marker)
 }

@@ -790,3 +790,68 @@ pub fn lagging_and_active(dir: &TestDir) -> (Node, Node) {
     standby.poll_query_until(&status_of("lagging"), "waiting_for_remote");
     (primary, standby)
 }
+
+/// A pg_recvlogical process streaming `slot` of `node` to `file` until stopped.
+pub struct Receiver {
+    child: std::process::Child,
+}
+
+impl Receiver {
+    pub fn start(node: &Node, slot: &str, file: &Path) -> Receiver {
+        let child = pg_command("pg_recvlogical")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "--no-loop",
+                "-s",
+                "1",
+                "-F",
+                "0",
+            ])
+            .args(["-p", &node.port.to_string(), "-S", slot, "--start", "-f"])
+            .arg(file)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn pg_recvlogical");
+        Receiver { child }
+    }
+
+    /// Whether it is still running (it exits at once when the slot is busy).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// kill -9 of pg_recvlogical itself (through runuser when root: its child).
+    pub fn kill9(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `sql` on `port` in a thread; the handle yields psql's stdout or stderr.
+pub fn sql_in_thread(port: u16, sql: &str) -> std::thread::JoinHandle<Result<String, String>> {
+    let sql = sql.to_string();
+    std::thread::spawn(move || {
+        let out = psql(port, "postgres")
+            .args(["-A", "-t", "-c", &sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+        }
+    })
+}

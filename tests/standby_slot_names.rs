@@ -1,0 +1,193 @@
+//! # No change reaches a logical consumer before the standbys have it
+//!
+//! ```text
+//!  primary (sync_logical_slot.standby_slot_names = 'standby1')  ──▶ standby1 (stopped, then started)
+//!    slot recv  ◀── pg_recvlogical
+//!    slot sql   ◀── pg_logical_slot_get_changes()
+//!    slot sub   ◀── subscriber (CREATE SUBSCRIPTION)
+//! ```
+//! DESIGN.md invariant 7: with the standby down, no consumer receives a new
+//! transaction; once it is back, all do. A waiting walsender whose client is
+//! killed frees the slot for the next client at once; removing the standby
+//! from the setting and reloading releases the waiters; a named slot that
+//! does not exist is warned about; with a quorum of one, one standby is enough.
+
+mod common;
+use common::*;
+use std::fs;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const GET: &str =
+    "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('sql', NULL, NULL)";
+
+fn setup(dir: &TestDir) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1'");
+    primary.start();
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    primary.sql("CREATE PUBLICATION pub FOR TABLE t");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    (primary, standby)
+}
+
+#[test]
+fn consumers_get_nothing_the_standby_lacks() {
+    let dir = TestDir::new("standby_slot_names");
+    let (primary, standby) = setup(&dir);
+    let subscriber = dir.plain("subscriber");
+    subscriber.start();
+    subscriber.sql("CREATE TABLE t (id int, v text)");
+    subscriber.sql(&format!(
+        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+        primary.conninfo("postgres")
+    ));
+    primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
+    primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
+    let out = dir.path.join("recv.out");
+    let mut receiver = Receiver::start(&primary, "recv", &out);
+
+    primary.sql("INSERT INTO t VALUES (1, 'standby up')");
+    subscriber.poll_query_until("SELECT count(*) FROM t", "1");
+    assert!(primary.sql(GET).contains("id[integer]:1 "));
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&1) {
+        assert!(
+            Instant::now() < deadline && receiver.running(),
+            "pg_recvlogical never got row 1"
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    // The standby goes away: row 2 reaches no consumer.
+    standby.stop();
+    primary.sql("INSERT INTO t VALUES (2, 'standby down')");
+    sleep(Duration::from_secs(3));
+    assert_eq!(
+        subscriber.sql("SELECT count(*) FROM t"),
+        "1",
+        "the subscriber got a row the standby lacks"
+    );
+    assert!(
+        !inserted_ids(&fs::read_to_string(&out).unwrap()).contains(&2),
+        "pg_recvlogical got a row the standby lacks"
+    );
+    let held = primary.try_sql(&format!("SET statement_timeout = '3s'; {GET}"));
+    assert!(
+        held.as_ref()
+            .is_err_and(|e| e.contains("statement timeout")),
+        "pg_logical_slot_get_changes returned a row the standby lacks: {held:?}"
+    );
+    assert!(receiver.running());
+
+    // The standby is back: everyone gets row 2, once.
+    standby.start();
+    subscriber.poll_query_until("SELECT count(*) FROM t", "2");
+    assert!(
+        primary.sql(GET).contains("id[integer]:2 "),
+        "the cancelled call consumed nothing"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&2) {
+        assert!(Instant::now() < deadline, "pg_recvlogical never got row 2");
+        sleep(Duration::from_millis(100));
+    }
+    assert_eq!(inserted_ids(&fs::read_to_string(&out).unwrap()), vec![1, 2]);
+}
+
+#[test]
+fn killed_client_frees_its_slot_and_a_reload_releases_waiters() {
+    let dir = TestDir::new("standby_slot_names_release");
+    let (primary, standby) = setup(&dir);
+    primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
+    primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
+    standby.stop();
+    primary.sql("INSERT INTO t VALUES (1, 'held')");
+
+    // A walsender held for the standby; its client is killed.
+    let out = dir.path.join("recv.out");
+    let mut first = Receiver::start(&primary, "recv", &out);
+    primary.poll_query_until(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'recv'",
+        "t",
+    );
+    sleep(Duration::from_millis(500));
+    assert!(inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).is_empty());
+    first.kill9();
+    let killed_at = Instant::now();
+    let second_out = dir.path.join("recv2.out");
+    let mut second;
+    loop {
+        second = Receiver::start(&primary, "recv", &second_out);
+        sleep(Duration::from_millis(300));
+        if second.running() {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < DEADLINE,
+            "the slot stayed busy after its client was killed"
+        );
+    }
+    eprintln!(
+        "a new consumer had the slot {:?} after the old one was killed",
+        killed_at.elapsed()
+    );
+
+    // A SQL consumer waits too, and a missing name is warned about.
+    let offset = primary.log_offset();
+    primary.sql("ALTER SYSTEM SET sync_logical_slot.standby_slot_names = 'standby1, ghost'");
+    primary.sql("SELECT pg_reload_conf()");
+    let waiting = sql_in_thread(primary.port, GET);
+    primary.wait_for_log(
+        "names replication slots that confirm nothing: \"ghost\" does not exist",
+        offset,
+    );
+    assert!(!waiting.is_finished());
+
+    // Taking the standbys out of the setting releases every waiter.
+    primary.sql("ALTER SYSTEM SET sync_logical_slot.standby_slot_names = ''");
+    primary.sql("SELECT pg_reload_conf()");
+    let released = waiting.join().unwrap();
+    assert!(
+        released
+            .as_ref()
+            .is_ok_and(|r| r.contains("id[integer]:1 ")),
+        "{released:?}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(&second_out).unwrap_or_default()).contains(&1) {
+        assert!(
+            Instant::now() < deadline && second.running(),
+            "the walsender stayed held after the reload"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_quorum_of_one_needs_one_standby() {
+    let dir = TestDir::new("standby_slot_names_quorum");
+    let primary = dir.primary("primary");
+    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1, standby2'\nsync_logical_slot.standby_slots_min_confirmed = 1");
+    primary.start();
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let s1 = dir.standby("standby1", &primary);
+    s1.start();
+    let s2 = dir.standby("standby2", &primary);
+    s2.start();
+    primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
+    s2.stop();
+    primary.sql("INSERT INTO t VALUES (1, 'one standby is enough')");
+    let got = primary.sql(&format!("SET statement_timeout = '60s'; {GET}"));
+    assert!(got.contains("id[integer]:1 "), "{got}");
+    // With both required, the stopped one holds it.
+    primary.sql("ALTER SYSTEM SET sync_logical_slot.standby_slots_min_confirmed = -1");
+    primary.sql("SELECT pg_reload_conf()");
+    primary.sql("INSERT INTO t VALUES (2, 'both needed')");
+    let held = primary.try_sql(&format!("SET statement_timeout = '2s'; {GET}"));
+    assert!(held.is_err(), "{held:?}");
+    s2.start();
+    assert!(primary.sql(GET).contains("id[integer]:2 "));
+    s1.stop();
+}
