@@ -119,8 +119,8 @@ fn slot_array() -> impl Iterator<Item = *mut pg_sys::ReplicationSlot> {
     (0..n).map(move |i| unsafe { base.add(i) })
 }
 
-/// Every logical slot in use on this server.
-pub fn local_logical_slots() -> Vec<Local> {
+/// A copy of every slot in use: its persistent data and active_pid.
+fn slots_in_use() -> Vec<(pg_sys::ReplicationSlotPersistentData, i32)> {
     let mut out = Vec::new();
     // SAFETY: slots are read under ReplicationSlotControlLock (no slot is
     // created or dropped meanwhile) and each one's fields under its spinlock.
@@ -134,14 +134,20 @@ pub fn local_logical_slots() -> Vec<Local> {
             let d = (*s).data;
             let active_pid = (*s).active_pid;
             pg_sys::SpinLockRelease(&raw mut (*s).mutex);
-            if d.database == pg_sys::InvalidOid {
-                continue; // physical
-            }
-            out.push(Local::from_data(&d, active_pid));
+            out.push((d, active_pid));
         }
         pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
     }
     out
+}
+
+/// Every logical slot in use on this server.
+pub fn local_logical_slots() -> Vec<Local> {
+    slots_in_use()
+        .iter()
+        .filter(|(d, _)| d.database != pg_sys::InvalidOid)
+        .map(|(d, pid)| Local::from_data(d, *pid))
+        .collect()
 }
 
 /// The name of the slot this process has acquired, if any (a walsender's).
@@ -157,35 +163,21 @@ pub fn my_slot_name() -> Option<String> {
 /// (a standby's feedback), or why it confirms nothing. A physical slot that
 /// has not reserved WAL yet (no standby connected so far) confirms 0/0.
 pub fn standby_flush_positions(names: &[String]) -> Vec<(String, Result<Lsn, &'static str>)> {
-    let mut out: Vec<(String, Result<Lsn, &'static str>)> = names
+    let slots = slots_in_use();
+    names
         .iter()
-        .map(|n| (n.clone(), Err("does not exist")))
-        .collect();
-    // SAFETY: slots are read under ReplicationSlotControlLock, fields under
-    // each slot's spinlock.
-    unsafe {
-        pg_sys::LWLockAcquire(main_lock(SLOT_CONTROL_LOCK), pg_sys::LWLockMode::LW_SHARED);
-        for s in slot_array() {
-            if !(*s).in_use {
-                continue;
-            }
-            pg_sys::SpinLockAcquire(&raw mut (*s).mutex);
-            let d = (*s).data;
-            pg_sys::SpinLockRelease(&raw mut (*s).mutex);
-            let name = name_str(&d.name);
-            if let Some(entry) = out.iter_mut().find(|(n, _)| *n == name) {
-                entry.1 = if d.database != pg_sys::InvalidOid {
-                    Err("is not a physical slot")
-                } else if d.restart_lsn == 0 && d.invalidated_at != 0 {
+        .map(|n| {
+            let state = match slots.iter().find(|(d, _)| name_str(&d.name) == *n) {
+                None => Err("does not exist"),
+                Some((d, _)) if d.database != pg_sys::InvalidOid => Err("is not a physical slot"),
+                Some((d, _)) if d.restart_lsn == 0 && d.invalidated_at != 0 => {
                     Err("is invalidated")
-                } else {
-                    Ok(Lsn(d.restart_lsn))
-                };
-            }
-        }
-        pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
-    }
-    out
+                }
+                Some((d, _)) => Ok(Lsn(d.restart_lsn)),
+            };
+            (n.clone(), state)
+        })
+        .collect()
 }
 
 fn marker_path(name: &str, marker: &str) -> PathBuf {

@@ -26,14 +26,7 @@ fn consumers_continue_on_the_promoted_standby() {
     let standby = dir.standby("standby1", &primary);
     standby.start();
 
-    let subscriber = dir.plain("subscriber");
-    subscriber.start();
-    // No primary key: a row applied twice stays visible as a duplicate.
-    subscriber.sql("CREATE TABLE t (id int, v text)");
-    subscriber.sql(&format!(
-        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-        primary.conninfo("postgres")
-    ));
+    let subscriber = subscriber_of(&dir, &primary);
     subscriber.poll_query_until(
         "SELECT count(*) = count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel",
         "t",

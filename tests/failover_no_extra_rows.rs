@@ -28,13 +28,7 @@ fn subscriber_has_exactly_the_promoted_rows() {
     // Once promoted it has no standby of its own yet: nothing to wait for.
     standby.append_conf("sync_logical_slot.standby_slot_names = ''");
     standby.start();
-    let subscriber = dir.plain("subscriber");
-    subscriber.start();
-    subscriber.sql("CREATE TABLE t (id int, v text)");
-    subscriber.sql(&format!(
-        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-        primary.conninfo("postgres")
-    ));
+    let subscriber = subscriber_of(&dir, &primary);
     primary.sql("INSERT INTO t VALUES (1, 'first')");
     primary.sql("CHECKPOINT");
     subscriber.poll_query_until("SELECT count(*) FROM t", "1");

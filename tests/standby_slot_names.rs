@@ -36,13 +36,7 @@ fn setup(dir: &TestDir) -> (Node, Node) {
 fn consumers_get_nothing_the_standby_lacks() {
     let dir = TestDir::new("standby_slot_names");
     let (primary, standby) = setup(&dir);
-    let subscriber = dir.plain("subscriber");
-    subscriber.start();
-    subscriber.sql("CREATE TABLE t (id int, v text)");
-    subscriber.sql(&format!(
-        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-        primary.conninfo("postgres")
-    ));
+    let subscriber = subscriber_of(&dir, &primary);
     primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
     primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
     let out = dir.path.join("recv.out");

@@ -650,17 +650,8 @@ pub fn table_ids(node: &Node, db: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Runs `pg_recvlogical` on `slot` of `node` from `startpos` (None: the slot's
-/// own position) until `endpos`, appending test_decoding output to `file`;
-/// returns what this run wrote. `endpos` must lie between transactions.
-pub fn recvlogical(
-    node: &Node,
-    slot: &str,
-    startpos: Option<&str>,
-    endpos: &str,
-    file: &Path,
-) -> String {
-    let before = fs::read_to_string(file).unwrap_or_default();
+/// pg_recvlogical streaming `slot` of `node` into `file` (--start, no retry loop).
+pub fn recvlogical_command(node: &Node, slot: &str, file: &Path) -> Command {
     let mut c = pg_command("pg_recvlogical");
     c.args([
         "-h",
@@ -673,17 +664,38 @@ pub fn recvlogical(
         "-s",
         "1",
     ])
-    .args([
-        "-p",
-        &node.port.to_string(),
-        "-S",
-        slot,
-        "--start",
-        "-E",
-        endpos,
-        "-f",
-    ])
+    .args(["-p", &node.port.to_string(), "-S", slot, "--start", "-f"])
     .arg(file);
+    c
+}
+
+/// A subscriber of `primary`'s publication `pub` on table `t (id int, v text)`:
+/// a plain cluster with subscription `sub`. No primary key on its table, so a
+/// row applied twice stays visible as a duplicate.
+pub fn subscriber_of(dir: &TestDir, primary: &Node) -> Node {
+    let subscriber = dir.plain("subscriber");
+    subscriber.start();
+    subscriber.sql("CREATE TABLE t (id int, v text)");
+    subscriber.sql(&format!(
+        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+        primary.conninfo("postgres")
+    ));
+    subscriber
+}
+
+/// Runs `pg_recvlogical` on `slot` of `node` from `startpos` (None: the slot's
+/// own position) until `endpos`, appending test_decoding output to `file`;
+/// returns what this run wrote. `endpos` must lie between transactions.
+pub fn recvlogical(
+    node: &Node,
+    slot: &str,
+    startpos: Option<&str>,
+    endpos: &str,
+    file: &Path,
+) -> String {
+    let before = fs::read_to_string(file).unwrap_or_default();
+    let mut c = recvlogical_command(node, slot, file);
+    c.args(["-E", endpos]);
     if let Some(p) = startpos {
         c.args(["-I", p]);
     }
@@ -798,22 +810,8 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(node: &Node, slot: &str, file: &Path) -> Receiver {
-        let child = pg_command("pg_recvlogical")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "--no-loop",
-                "-s",
-                "1",
-                "-F",
-                "0",
-            ])
-            .args(["-p", &node.port.to_string(), "-S", slot, "--start", "-f"])
-            .arg(file)
+        let child = recvlogical_command(node, slot, file)
+            .args(["-F", "0"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn pg_recvlogical");
