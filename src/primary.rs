@@ -12,17 +12,19 @@
 //!   slots have flushed that message's LSN. A transaction's COMMIT message
 //!   carries its commit record's end, so no commit is sent before the
 //!   standbys flushed it. While waiting it honours interrupts and reloads
-//!   (a slot taken out of the setting releases it at once), and notices a
-//!   client that went away (EOF on its socket), so the slot is freed for the
-//!   consumer's next connection.
+//!   (a slot taken out of the setting releases it at once), sends keepalives,
+//!   and notices a client that went away (POLLRDHUP), so the slot is freed
+//!   for the consumer's next connection. Only while a logical slot streams:
+//!   the same connection's SQL and COPY (a table sync) pass untouched.
 //! - SQL decoding functions (`pg_logical_slot_get_changes` and the peek and
 //!   binary forms): built-in functions bypass `fmgr_hook`, so an
 //!   `ExecutorRun_hook` finds them in the plan (statement text first, then
 //!   the plan's FuncExpr OIDs) and waits, before the query runs, until the
-//!   standbys flushed all WAL there is: a cancelled wait consumes nothing.
-//!   WAL flushed between that check and the function's own read of the end
-//!   of WAL (microseconds) is not covered; a call through a view whose text
-//!   does not name the function is not seen either.
+//!   standbys flushed all WAL there is, again for WAL flushed during that
+//!   wait, until a wait ends with nothing new: a cancelled wait consumes
+//!   nothing. Under a steady load the last round's WAL (milliseconds of it)
+//!   may remain uncovered, and a call through a view whose text does not
+//!   name the function is not seen.
 //! - A named slot that does not exist, is not physical or is invalidated
 //!   confirms nothing: a WARNING names it (at most every 10 s) and the wait
 //!   goes on. A walsender whose own slot is named does not wait for itself.
@@ -137,9 +139,12 @@ fn xlogdata_lsn(msgtype: c_char, s: *const c_char, len: usize) -> Option<Lsn> {
 
 /// A walsender held here cannot see its own stop request: at shutdown the
 /// checkpointer asks walsenders to stop (a procsignal, SIGUSR1) and waits for
-/// them before its shutdown checkpoint. So a SIGUSR1 that arrives while this
-/// walsender waits for the standbys ends it (the consumer reconnects and
-/// waits again); other procsignals are rare in a walsender.
+/// them, without a timeout, before its shutdown checkpoint. So once a SIGUSR1
+/// has arrived (also between two waits: the flag is never cleared), a wait
+/// ends the walsender instead. Other procsignals (a sinval catch-up, a
+/// barrier, pg_log_backend_memory_contexts) end a waiting walsender too: its
+/// consumer reconnects and waits again, which is the price of never hanging
+/// a shutdown.
 static GOT_SIGUSR1: AtomicBool = AtomicBool::new(false);
 static mut PREV_SIGUSR1: pg_sys::pqsigfunc = None;
 static mut WATCHING_SIGUSR1: bool = false;
@@ -181,22 +186,33 @@ static mut COVERED: (u64, u64) = (0, 0);
 /// the same while `MyWalSnd->sentPtr`, the end of the last record finished,
 /// has not moved).
 fn hold_xlogdata(lsn: Lsn) {
-    watch_sigusr1();
-    // SAFETY: MyWalSnd is this walsender's slot in shared memory; sentPtr is
-    // written by this process only; COVERED is process-local.
+    // SAFETY: MyWalSnd is this walsender's slot in shared memory; sentPtr and
+    // state are written by this process only; COVERED is process-local.
     unsafe {
-        let sent = if pg_sys::MyWalSnd.is_null() {
-            0
-        } else {
-            (*pg_sys::MyWalSnd).sentPtr
-        };
+        // Only while a logical slot streams: the same connection also runs
+        // SQL and COPY (a table sync's rows are 'd' messages too, and one
+        // that starts with 'w' is not XLogData).
+        let walsnd = pg_sys::MyWalSnd;
+        let slot = pg_sys::MyReplicationSlot;
+        if walsnd.is_null()
+            || slot.is_null()
+            || (*slot).data.database == pg_sys::InvalidOid
+            || !matches!(
+                (*walsnd).state,
+                pg_sys::WalSndState::WALSNDSTATE_CATCHUP
+                    | pg_sys::WalSndState::WALSNDSTATE_STREAMING
+                    | pg_sys::WalSndState::WALSNDSTATE_STOPPING
+            )
+        {
+            return;
+        }
+        watch_sigusr1();
+        let sent = (*walsnd).sentPtr;
         let (covered_sent, covered_upto) = COVERED;
         if sent == covered_sent && lsn.0 <= covered_upto {
             return;
         }
         let target = lsn.0.max(pg_sys::GetFlushRecPtr(std::ptr::null_mut()));
-        // A signal that came before this wait is not a request to stop it.
-        GOT_SIGUSR1.store(false, Ordering::SeqCst);
         if wait_for_standbys(Lsn(target), Waiter::Walsender) {
             COVERED = (sent, target);
         }
@@ -271,9 +287,19 @@ unsafe extern "C-unwind" fn executor_run(
     // SAFETY: the executor's own arguments, passed on unchanged.
     unsafe {
         if !pg_sys::RecoveryInProgress() && uses_decoding_functions(qd) {
-            // Before the function consumes anything: a cancelled wait loses nothing.
-            let flushed = Lsn(pg_sys::GetFlushRecPtr(std::ptr::null_mut()));
-            wait_for_standbys(flushed, Waiter::Sql);
+            // Before the function consumes anything: a cancelled wait loses
+            // nothing. The function reads the end of WAL when it starts, so
+            // wait again for what was flushed during the wait, until a wait
+            // ends with nothing new (bounded: under a steady load the last
+            // round's WAL, milliseconds of it, stays uncovered).
+            for _ in 0..100 {
+                let flushed = Lsn(pg_sys::GetFlushRecPtr(std::ptr::null_mut()));
+                if !wait_for_standbys(flushed, Waiter::Sql)
+                    || Lsn(pg_sys::GetFlushRecPtr(std::ptr::null_mut())) == flushed
+                {
+                    break;
+                }
+            }
         }
         match PREV_EXECUTOR_RUN {
             Some(prev) => prev(qd, direction, count, execute_once),
@@ -306,6 +332,7 @@ pub fn required(named: usize, min_confirmed: i32) -> usize {
 /// false: nothing was checked, the setting may change before the next call).
 fn wait_for_standbys(lsn: Lsn, who: Waiter) -> bool {
     let mut delay = Duration::from_micros(200);
+    let mut last_keepalive = Instant::now();
     loop {
         // SAFETY: reads shared state.
         if unsafe { pg_sys::RecoveryInProgress() } {
@@ -335,6 +362,10 @@ fn wait_for_standbys(lsn: Lsn, who: Waiter) -> bool {
         if who == Waiter::Walsender {
             exit_if_client_gone();
             exit_if_asked_to_stop();
+            if last_keepalive.elapsed() >= Duration::from_secs(1) {
+                send_keepalive();
+                last_keepalive = Instant::now();
+            }
         }
         // SAFETY: this process's latch; interrupts and reloads are handled below.
         unsafe {
@@ -353,6 +384,10 @@ fn wait_for_standbys(lsn: Lsn, who: Waiter) -> bool {
             if pg_sys::ConfigReloadPending != 0 {
                 pg_sys::ConfigReloadPending = 0;
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+                if pg_sys::am_walsender {
+                    // What the walsender's own loop does after a reload.
+                    pg_sys::SyncRepInitConfig();
+                }
             }
         }
     }
@@ -392,7 +427,7 @@ fn warn_about_unusable(states: &[(String, Result<Lsn, &'static str>)]) {
 }
 
 fn exit_if_asked_to_stop() {
-    if GOT_SIGUSR1.swap(false, Ordering::SeqCst) {
+    if GOT_SIGUSR1.load(Ordering::SeqCst) {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             "walsender stops while it waits for the standbys (sync_logical_slot.standby_slot_names)",
@@ -404,7 +439,8 @@ fn exit_if_asked_to_stop() {
 }
 
 /// A walsender held here does not read from its client: notice when the
-/// client has gone (EOF), so that the slot is freed for its next connection.
+/// client has gone (the peer closed: POLLRDHUP, even with unread status
+/// messages queued), so that the slot is freed for its next connection.
 fn exit_if_client_gone() {
     // SAFETY: MyProcPort is this backend's; `sock` is its first field.
     let sock = unsafe {
@@ -413,29 +449,45 @@ fn exit_if_client_gone() {
         }
         *(pg_sys::MyProcPort as *const c_int)
     };
-    let mut byte = 0u8;
-    // SAFETY: a non-blocking peek; nothing is consumed from the stream.
-    let n = unsafe {
-        libc::recv(
-            sock,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+    let mut fd = libc::pollfd {
+        fd: sock,
+        events: libc::POLLRDHUP,
+        revents: 0,
     };
-    let gone = n == 0
-        || (n < 0
-            && !matches!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::EAGAIN) | Some(libc::EINTR)
-            ));
-    if gone {
+    // SAFETY: a zero-timeout poll of our own socket; nothing is read.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    if n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
             "client went away while its walsender waited for the standbys (sync_logical_slot.standby_slot_names)",
             "sync_logical_slot",
         )
         .report(PgLogLevel::FATAL);
+    }
+}
+
+/// While holding, the walsender's own loop sends no keepalives: send one a
+/// second (walEnd = the end of the last record fully decoded, all of which
+/// was sent: safe for the client to confirm), so that a client's
+/// wal_receiver_timeout does not end a connection that is only waiting.
+fn send_keepalive() {
+    // SAFETY: the original methods of this walsender; the message is a
+    // complete CopyData 'k' (primary keepalive) message.
+    unsafe {
+        if ORIGINAL.is_null() || pg_sys::MyWalSnd.is_null() {
+            return;
+        }
+        let mut msg = Vec::with_capacity(18);
+        msg.push(b'k');
+        msg.extend_from_slice(&(*pg_sys::MyWalSnd).sentPtr.to_be_bytes());
+        msg.extend_from_slice(&pg_sys::GetCurrentTimestamp().to_be_bytes());
+        msg.push(0);
+        if let Some(put) = (*ORIGINAL).putmessage_noblock {
+            put(b'd' as c_char, msg.as_ptr() as *const c_char, msg.len());
+        }
+        if let Some(flush) = (*ORIGINAL).flush_if_writable {
+            flush();
+        }
     }
 }
 

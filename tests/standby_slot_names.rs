@@ -36,7 +36,24 @@ fn setup(dir: &TestDir) -> (Node, Node) {
 fn consumers_get_nothing_the_standby_lacks() {
     let dir = TestDir::new("standby_slot_names");
     let (primary, standby) = setup(&dir);
-    let subscriber = subscriber_of(&dir, &primary);
+    // A table whose COPY rows start with 'w', as XLogData messages do: the
+    // table sync of the subscription must not be mistaken for streaming.
+    primary.sql("CREATE TABLE w (name text)");
+    primary.sql("INSERT INTO w VALUES ('william shakespeare'), ('wwwwwwwwwwwwwwwwwwww')");
+    primary.sql("ALTER PUBLICATION pub ADD TABLE w");
+    let subscriber = dir.plain("subscriber");
+    subscriber.start();
+    subscriber.sql("CREATE TABLE t (id int, v text)");
+    subscriber.sql("CREATE TABLE w (name text)");
+    subscriber.sql(&format!(
+        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+        primary.conninfo("postgres")
+    ));
+    subscriber.poll_query_until(
+        "SELECT count(*) FILTER (WHERE srsubstate = 'r') || '/' || count(*) FROM pg_subscription_rel",
+        "2/2",
+    );
+    assert_eq!(subscriber.sql("SELECT count(*) FROM w"), "2");
     primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
     primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
     let out = dir.path.join("recv.out");
