@@ -144,6 +144,8 @@ struct Worker {
     failures: u32,
     retry_at: Option<Instant>,
     syncer: Syncer,
+    /// The current sleep between passes (see next_nap).
+    nap: Duration,
 }
 
 impl Worker {
@@ -266,12 +268,8 @@ impl Worker {
                     "{} slot(s) selected for sync, {} ready",
                     counts.selected, counts.ready
                 ));
-                // Something moved: look again soon, it often moves on.
-                Some(if counts.changed() {
-                    (guc::naptime() / 4).max(Duration::from_millis(10))
-                } else {
-                    guc::naptime()
-                })
+                self.nap = next_nap(self.nap, counts.changed(), guc::naptime());
+                Some(self.nap)
             }
             // A reload: apply it now. Reconnect only if it cancelled a query
             // (the connection may be mid-answer) or changed the settings.
@@ -401,6 +399,20 @@ fn connect(source: &ConnSource) -> Result<Primary, SyncError> {
     Primary::connect(&worker_conninfo(base, source, &guc::database()))
 }
 
+/// The first sleep after a pass that changed something.
+const NAP_AFTER_CHANGE: Duration = Duration::from_millis(10);
+
+/// Short after a change (slots that move tend to move on), doubling while
+/// nothing changes, up to `naptime`: a busy slot is followed within
+/// milliseconds, an idle primary gets one query per `naptime`.
+pub fn next_nap(current: Duration, changed: bool, naptime: Duration) -> Duration {
+    if changed {
+        NAP_AFTER_CHANGE.min(naptime)
+    } else {
+        (current * 2).clamp(NAP_AFTER_CHANGE.min(naptime), naptime)
+    }
+}
+
 pub fn backoff(failures: u32) -> Duration {
     let shift = failures.saturating_sub(1).min(16);
     (BACKOFF_FIRST * (1u32 << shift)).min(BACKOFF_CAP)
@@ -478,6 +490,24 @@ fn log(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn naps_are_short_after_a_change_and_back_off_to_naptime() {
+        let naptime = Duration::from_secs(1);
+        let mut nap = next_nap(naptime, true, naptime);
+        assert_eq!(nap, Duration::from_millis(10));
+        let mut seen = vec![nap];
+        for _ in 0..10 {
+            nap = next_nap(nap, false, naptime);
+            seen.push(nap);
+        }
+        assert_eq!(seen[1], Duration::from_millis(20));
+        assert_eq!(*seen.last().unwrap(), naptime);
+        // A naptime below 10 ms is kept.
+        let tiny = Duration::from_millis(5);
+        assert_eq!(next_nap(tiny, true, tiny), tiny);
+        assert_eq!(next_nap(tiny, false, tiny), tiny);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
