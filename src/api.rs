@@ -215,6 +215,34 @@ fn literal(v: &str) -> String {
     }
 }
 
+/// `<create> OPTIONS (k 'v', ...)` when the object does not exist (`present`
+/// None), else `<alter> OPTIONS (SET|ADD ..., DROP ...)`.
+fn upsert_options(
+    create: &str,
+    alter: &str,
+    present: Option<Vec<Option<String>>>,
+    wanted: &[(&str, &str)],
+    drop: &[&str],
+) -> Result<(), pgrx::spi::Error> {
+    match present {
+        None => Spi::run(&format!(
+            "{create} OPTIONS ({})",
+            wanted
+                .iter()
+                .map(|(k, v)| format!("{k} {}", literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(opts) => {
+            let opts: Vec<String> = opts.into_iter().flatten().collect();
+            Spi::run(&format!(
+                "{alter} OPTIONS ({})",
+                option_list(&opts, wanted, drop)
+            ))
+        }
+    }
+}
+
 /// `ALTER ... OPTIONS (SET k 'v' | ADD k 'v', ...)`: SET for options present, ADD for new ones.
 fn option_list(present: &[String], wanted: &[(&str, &str)], drop: &[&str]) -> String {
     let has = |k: &str| {
@@ -273,23 +301,13 @@ fn failover_logical_slot_init(
         ("port", port.as_str()),
         ("dbname", args.dbname.as_str()),
     ];
-    match server_options {
-        None => Spi::run(&format!(
-            "CREATE SERVER {FOREIGN_SERVER} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})",
-            server
-                .iter()
-                .map(|(k, v)| format!("{k} {}", literal(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-        Some(opts) => {
-            let opts: Vec<String> = opts.into_iter().flatten().collect();
-            Spi::run(&format!(
-                "ALTER SERVER {FOREIGN_SERVER} OPTIONS ({})",
-                option_list(&opts, &server, &[])
-            ))
-        }
-    }
+    upsert_options(
+        &format!("CREATE SERVER {FOREIGN_SERVER} FOREIGN DATA WRAPPER postgres_fdw"),
+        &format!("ALTER SERVER {FOREIGN_SERVER}"),
+        server_options,
+        &server,
+        &[],
+    )
     .unwrap_or_else(|e| {
         fail(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -315,28 +333,18 @@ fn failover_logical_slot_init(
         mapping.push(("password", args.password.as_str()));
     }
     let role_ident = pgrx::spi::quote_identifier(&role);
-    match mapping_options {
-        None => Spi::run(&format!(
-            "CREATE USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER} OPTIONS ({})",
-            mapping
-                .iter()
-                .map(|(k, v)| format!("{k} {}", literal(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-        Some(opts) => {
-            let opts: Vec<String> = opts.into_iter().flatten().collect();
-            let drop: &[&str] = if args.password.is_empty() {
-                &["password"]
-            } else {
-                &[]
-            };
-            Spi::run(&format!(
-                "ALTER USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER} OPTIONS ({})",
-                option_list(&opts, &mapping, drop)
-            ))
-        }
-    }
+    let drop: &[&str] = if args.password.is_empty() {
+        &["password"]
+    } else {
+        &[]
+    };
+    upsert_options(
+        &format!("CREATE USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER}"),
+        &format!("ALTER USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER}"),
+        mapping_options,
+        &mapping,
+        drop,
+    )
     .unwrap_or_else(|_| {
         fail(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

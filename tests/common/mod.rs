@@ -98,6 +98,19 @@ pub fn psql(port: u16, db: &str) -> Command {
     c
 }
 
+/// Runs SQL in `db` on the server at `port`: Ok(unaligned, tuples-only output) or Err(stderr).
+pub fn run_sql(port: u16, db: &str, sql: &str) -> Result<String, String> {
+    let out = psql(port, db)
+        .args(["-A", "-t", "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -403,15 +416,7 @@ impl Node {
 
     /// Runs SQL in database `db`: Ok(unaligned, tuples-only output) or Err(stderr).
     pub fn try_sql_in(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = psql(self.port, db)
-            .args(["-A", "-t", "-c", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
-        }
+        run_sql(self.port, db, sql)
     }
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
@@ -841,15 +846,5 @@ impl Drop for Receiver {
 /// Runs `sql` on `port` in a thread; the handle yields psql's stdout or stderr.
 pub fn sql_in_thread(port: u16, sql: &str) -> std::thread::JoinHandle<Result<String, String>> {
     let sql = sql.to_string();
-    std::thread::spawn(move || {
-        let out = psql(port, "postgres")
-            .args(["-A", "-t", "-c", &sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
-        }
-    })
+    std::thread::spawn(move || run_sql(port, "postgres", &sql))
 }
