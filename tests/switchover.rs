@@ -44,6 +44,18 @@ fn switch(from: &Node, to: &Node, slot: &str) {
     from.start();
 }
 
+/// Switches over from `from` to `to`; then `from`, now a standby, replaces its
+/// leftover slot s with a copy of `to`'s, which follows it; `to` marks its s.
+fn switch_and_resync(from: &Node, to: &Node, physical_slot: &str) {
+    let offset = from.log_offset();
+    switch(from, to, physical_slot);
+    consume(to);
+    from.wait_for_log("re-creating replication slot \"s\"", offset);
+    consume(to);
+    wait_for_copy(from, to, "s");
+    wait_marked(to);
+}
+
 #[test]
 fn switchover_and_back_keeps_slots_syncing() {
     let dir = TestDir::new("switchover");
@@ -58,20 +70,7 @@ fn switchover_and_back_keeps_slots_syncing() {
     wait_for_copy(&b, &a, "s");
     wait_marked(&a);
 
-    // a → b.
-    let offset = a.log_offset();
-    switch(&a, &b, "a");
-    consume(&b);
-    a.wait_for_log("re-creating replication slot \"s\"", offset);
-    consume(&b);
-    wait_for_copy(&a, &b, "s");
-    wait_marked(&b);
-
-    // And back: b → a.
-    let offset = b.log_offset();
-    switch(&b, &a, "b");
-    consume(&a);
-    b.wait_for_log("re-creating replication slot \"s\"", offset);
-    consume(&a);
-    wait_for_copy(&b, &a, "s");
+    // a → b, and back: b → a.
+    switch_and_resync(&a, &b, "a");
+    switch_and_resync(&b, &a, "b");
 }
