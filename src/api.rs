@@ -1,5 +1,8 @@
 //! SQL functions and the status view. Every function is superuser-only
-//! (REVOKE ... FROM PUBLIC below, and checked inside).
+//! (REVOKE ... FROM PUBLIC below, and checked inside), except the long poll
+//! that the standbys' workers call on the primary
+//! (`sync_logical_slot_wait_for_change`): REVOKEd too, and granted to the
+//! workers' role by the DBA.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -526,6 +529,90 @@ fn sync_logical_slot_advance_internal(slot_name: &str, upto: i64) -> i64 {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The long poll, on the primary: a standby's worker waits here for a slot to move.
+
+/// The longest one call waits (the worker asks for at most `naptime`).
+const WAIT_FOR_CHANGE_MAX: Duration = Duration::from_secs(60);
+/// How often the client connection is checked while waiting.
+const CLIENT_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the slot array is looked at while waiting: 1 ms for up to 100
+/// slots (`max_replication_slots`), longer in proportion above that (the look
+/// is a pass over the whole array), 10 ms at most.
+fn wait_for_change_interval() -> Duration {
+    // SAFETY: reads a GUC.
+    let slots = unsafe { pg_sys::max_replication_slots }.max(0) as u64;
+    Duration::from_millis((slots / 100).clamp(1, 10))
+}
+
+/// Returns as soon as the positions of the logical slots that `slot_names`
+/// selects, or the `catalog_xmin` of physical slot `standby_slot`, differ from
+/// the fingerprint `since` (0: return at once), or after `timeout_ms`; returns
+/// the fingerprint then. Reads shared memory only: nothing is written, no
+/// catalog is read, and one call costs one query for the standby however
+/// long it waits. Called by the standby's worker; callable by any role granted EXECUTE.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_wait_for_change(
+    slot_names: &str,
+    standby_slot: &str,
+    since: i64,
+    timeout_ms: i32,
+) -> i64 {
+    let filter = crate::types::SlotFilter::parse(slot_names).unwrap_or_else(|e| {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid slot_names \"{slot_names}\": {e}"),
+            None,
+        )
+    });
+    let timeout = Duration::from_millis(timeout_ms.max(0) as u64).min(WAIT_FOR_CHANGE_MAX);
+    let select = |name: &str, plugin: &str| filter.selects(name, plugin);
+    let interval = wait_for_change_interval();
+    let start = Instant::now();
+    let mut checked_client = start;
+    loop {
+        let now = crate::slot::fingerprint(standby_slot, &select) as i64;
+        if now != since || start.elapsed() >= timeout {
+            return now;
+        }
+        // SAFETY: waits on this backend's own latch; interrupts (cancel,
+        // statement_timeout, terminate) are handled right after.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                interval.as_millis() as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+        if checked_client.elapsed() >= CLIENT_CHECK_EVERY {
+            checked_client = Instant::now();
+            if !client_connected() {
+                // Nobody reads the answer: end the call rather than wait on.
+                return now;
+            }
+        }
+    }
+}
+
+/// Whether this backend's client is still there (PostgreSQL 14+; 13 cannot tell).
+fn client_connected() -> bool {
+    #[cfg(not(feature = "pg13"))]
+    {
+        extern "C-unwind" {
+            fn pq_check_connection() -> bool;
+        }
+        // SAFETY: a poll(2) on this backend's client socket; it reports
+        // problems as COMMERROR (a log line), never an ERROR.
+        unsafe { pq_check_connection() }
+    }
+    #[cfg(feature = "pg13")]
+    true
+}
+
 extension_sql!(
     r#"
 CREATE VIEW sync_logical_slot_status AS
@@ -565,6 +652,7 @@ REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot_internal(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_advance(name, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_advance_internal(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) FROM PUBLIC;
 
 COMMENT ON VIEW sync_logical_slot_status IS
   'One row per primary slot this standby copies or waits to copy, as of the worker''s last pass; empty on a primary. ready: the copy can be used after a failover.';
@@ -586,6 +674,8 @@ COMMENT ON FUNCTION sync_logical_slot_advance(name, pg_lsn) IS
   'On a standby: moves a persistent copy''s confirmed_flush_lsn forward to upto_lsn (never back, never past the flushed WAL); returns where it ends.';
 COMMENT ON FUNCTION sync_logical_slot_advance_internal(text, bigint) IS
   'Implementation of sync_logical_slot_advance(name, pg_lsn).';
+COMMENT ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) IS
+  'On the primary, called by the standbys'' workers: waits up to timeout_ms until a slot selected by slot_names moves (or the catalog_xmin of physical slot standby_slot does), then returns a fingerprint of their positions to pass as since next time. Reads shared memory only. The worker''s role needs EXECUTE; without it the worker polls every naptime.';
 "#,
     name = "sql_interface",
     requires = [
@@ -595,7 +685,8 @@ COMMENT ON FUNCTION sync_logical_slot_advance_internal(text, bigint) IS
         sync_logical_slot_ready,
         sync_logical_slot_wait_ready,
         sync_logical_slot_sync_slot_internal,
-        sync_logical_slot_advance_internal
+        sync_logical_slot_advance_internal,
+        sync_logical_slot_wait_for_change
     ],
 );
 

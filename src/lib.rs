@@ -186,6 +186,47 @@ mod tests {
         );
     }
 
+    fn wait_for_change(filter: &str, standby_slot: &str, since: i64, timeout_ms: i32) -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT sync_logical_slot_wait_for_change({}, {}, {since}, {timeout_ms})",
+            pgrx::spi::quote_literal(filter),
+            pgrx::spi::quote_literal(standby_slot)
+        ))
+        .expect("wait_for_change")
+        .expect("a fingerprint")
+    }
+
+    #[pg_test]
+    fn the_long_poll_returns_the_fingerprint_of_what_it_watches() {
+        // 0 means "nothing known yet": an answer at once, never 0 itself.
+        let before = wait_for_change("name_like:%", "lp_standby", 0, 60_000);
+        assert_ne!(before, 0);
+        // Nothing moves: after its timeout the same fingerprint comes back.
+        assert_eq!(
+            wait_for_change("name_like:%", "lp_standby", before, 50),
+            before
+        );
+        // The standby's physical slot appears: the fingerprint changes at once,
+        // although the timeout is a minute.
+        Spi::run("SELECT pg_create_physical_replication_slot('lp_standby')").unwrap();
+        let after = wait_for_change("name_like:%", "lp_standby", before, 60_000);
+        assert_ne!(after, before);
+        // Another standby's slot is not watched.
+        Spi::run("SELECT pg_create_physical_replication_slot('lp_other')").unwrap();
+        assert_eq!(
+            wait_for_change("name_like:%", "lp_standby", after, 50),
+            after
+        );
+        Spi::run("SELECT pg_drop_replication_slot('lp_standby')").unwrap();
+        Spi::run("SELECT pg_drop_replication_slot('lp_other')").unwrap();
+        assert_eq!(wait_for_change("name_like:%", "lp_standby", 0, 0), before);
+        define_sqlstate_of();
+        assert_eq!(
+            sqlstate_of("SELECT sync_logical_slot_wait_for_change('bogus:x', 's', 0, 0)"),
+            "22023"
+        );
+    }
+
     #[pg_test]
     fn every_function_is_superuser_only() {
         define_sqlstate_of();
@@ -204,6 +245,7 @@ mod tests {
             "SELECT * FROM sync_logical_slot_status_rows()",
             "SELECT sync_logical_slot_sync_slot_internal('s')",
             "SELECT sync_logical_slot_advance_internal('s', 1)",
+            "SELECT sync_logical_slot_wait_for_change('name_like:%', 'standby1', 0, 0)",
         ] {
             assert_eq!(sqlstate_of(sql), "42501", "{sql}");
         }

@@ -112,6 +112,8 @@ fn walrcv() -> &'static pg_sys::WalReceiverFunctionsType {
 /// One open connection to the primary, closed on drop.
 pub struct Primary {
     conn: NonNull<pg_sys::WalReceiverConn>,
+    /// How to call the primary's long poll (`schema.function`), or why it cannot be.
+    pub long_poll: Result<String, String>,
 }
 
 fn take_error(err: *mut c_char) -> String {
@@ -163,10 +165,14 @@ impl Primary {
             })
         };
         let mut primary = match NonNull::new(conn) {
-            Some(conn) => Primary { conn },
+            Some(conn) => Primary {
+                conn,
+                long_poll: Err("not checked yet".into()),
+            },
             None => return Err(SyncError::Connect(take_error(err))),
         };
         primary.check_identity()?;
+        primary.long_poll = primary.find_long_poll()?;
         Ok(primary)
     }
 
@@ -202,6 +208,61 @@ impl Primary {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the primary has this extension's long poll in the database the
+    /// worker connects to, and the worker's role may call it: the call's
+    /// qualified name, or why not (said in the worker's log, with the fix).
+    fn find_long_poll(&mut self) -> Result<Result<String, String>, SyncError> {
+        let rows = self.query(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.sync_logical_slot_wait_for_change',
+                    (p.oid IS NOT NULL)::text,
+                    (p.oid IS NOT NULL AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE'))::text
+               FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+               LEFT JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
+                    AND p.proname = 'sync_logical_slot_wait_for_change'
+                    AND p.proargtypes = '25 25 20 23'::pg_catalog.oidvector
+              WHERE e.extname = 'sync_logical_slot'",
+            3,
+        )?;
+        let col = |row: &[Option<String>], i: usize| row.get(i).cloned().flatten();
+        Ok(match rows.first() {
+            None => Err("the extension is not created in the database the worker connects to on the primary".into()),
+            Some(row) if col(row, 1).as_deref() != Some("true") => Err(
+                "the primary's sync_logical_slot extension lacks sync_logical_slot_wait_for_change (ALTER EXTENSION sync_logical_slot UPDATE)".into(),
+            ),
+            Some(row) if col(row, 2).as_deref() != Some("true") => Err(
+                "the worker's role may not execute sync_logical_slot_wait_for_change on the primary".into(),
+            ),
+            Some(row) => Ok(col(row, 0).unwrap_or_default()),
+        })
+    }
+
+    /// The long poll: waits on the primary until a slot the filter selects
+    /// moves (or this standby's feedback does), at most `timeout`; returns
+    /// the new fingerprint (see `sync_logical_slot_wait_for_change`). A reload
+    /// or a request for a pass interrupts it (see worker::signals).
+    pub fn wait_for_change(
+        &mut self,
+        function: &str,
+        slot_names: &str,
+        physical_slot: &str,
+        since: i64,
+        timeout: std::time::Duration,
+    ) -> Result<i64, SyncError> {
+        let sql = format!(
+            "SELECT {function}({}, {}, {since}, {})::text",
+            pgrx::spi::quote_literal(slot_names),
+            pgrx::spi::quote_literal(physical_slot),
+            timeout.as_millis().min(i32::MAX as u128)
+        );
+        let value = crate::worker::signals::in_long_poll(|| self.query_value(&sql))?;
+        value
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| SyncError::RemoteQuery(format!("unexpected answer from {function}: {e}")))
     }
 
     /// Runs one query whose columns are all text; returns its rows. Call inside a transaction.

@@ -77,6 +77,8 @@ pub struct Control {
     /// The worker's latch (a pointer into shared memory, the same in every
     /// process), 0 when no worker runs.
     worker_latch: usize,
+    /// The worker's pid (0 when none runs): signalled to cut short a long poll.
+    worker_pid: i32,
     /// Bumped by each request; the worker serves every request up to the value
     /// it read before a pass.
     requested: u64,
@@ -107,6 +109,7 @@ pub fn init() {
     pg_shmem_init!(
         CONTROL = Control {
             worker_latch: 0,
+            worker_pid: 0,
             requested: 0,
             answered: 0,
             passes: 0,
@@ -118,10 +121,11 @@ pub fn init() {
     );
 }
 
-/// The worker announces itself (its latch), or its exit (None).
-pub fn set_worker_latch(latch: Option<*mut pg_sys::Latch>) {
+/// The worker announces itself (its latch and pid), or its exit (None).
+pub fn set_worker(latch: Option<(*mut pg_sys::Latch, i32)>) {
     let mut c = CONTROL.exclusive();
-    c.worker_latch = latch.map_or(0, |l| l as usize);
+    c.worker_latch = latch.map_or(0, |(l, _)| l as usize);
+    c.worker_pid = latch.map_or(0, |(_, pid)| pid);
     if latch.is_some() {
         c.passes = 0;
     }
@@ -163,10 +167,10 @@ pub fn passes() -> u64 {
 
 /// A session asks for a pass: returns its request number, or None when no worker runs.
 pub fn request() -> Option<u64> {
-    let (seq, latch) = {
+    let (seq, latch, pid) = {
         let mut c = CONTROL.exclusive();
         c.requested += 1;
-        (c.requested, c.worker_latch)
+        (c.requested, c.worker_latch, c.worker_pid)
     };
     if latch == 0 {
         return None;
@@ -174,6 +178,16 @@ pub fn request() -> Option<u64> {
     // SAFETY: the worker's latch lives in shared memory for the worker's life;
     // setting a latch of an exited process is harmless (PGPROC latches persist).
     unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    // The worker may be waiting on the primary (the long poll), where its
+    // latch is not enough: SIGUSR2 ends that wait (worker::signals).
+    // The worker clears its entry when it exits; the latch's owner is checked
+    // too, so that a reused pid (a walsender, for which SIGUSR2 means "stop")
+    // is never signalled.
+    // SAFETY: the latch is in shared memory (see above); owner_pid is an int.
+    if pid > 0 && unsafe { (*(latch as *mut pg_sys::Latch)).owner_pid } == pid {
+        // SAFETY: kill(2) of our own worker.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+    }
     Some(seq)
 }
 
@@ -256,6 +270,18 @@ pub fn publish(rows: &[SlotStatus]) {
     }
     t.len = n as u32;
     t.total = rows.len() as u32;
+}
+
+/// The worker found nothing changed since its last pass: the copies that
+/// were synced then are synced now.
+pub fn touch_synced(now: i64) {
+    let mut t = TABLE.exclusive();
+    let len = t.len as usize;
+    for e in t.entries[..len].iter_mut() {
+        if STATES[(e.state as usize).min(5)] == State::Synced {
+            e.last_sync_at = now;
+        }
+    }
 }
 
 /// Whether the table holds every row of the last pass (false beyond CAPACITY).

@@ -66,6 +66,11 @@ pub struct PassCounts {
     /// Slots the filter selects on the primary, and how many of their copies are ready.
     pub selected: u32,
     pub ready: u32,
+    /// Copies whose confirmed_flush_lsn is the primary's: not held back by
+    /// the WAL this standby has flushed (that needs another pass when more
+    /// WAL arrives; a restart_lsn held back for want of a snapshot file waits
+    /// for the primary's slot to move, which the long poll sees).
+    pub current: u32,
 }
 
 impl PassCounts {
@@ -202,8 +207,29 @@ impl Syncer {
 
         counts.selected = rows.len() as u32;
         counts.ready = rows.iter().filter(|r| r.ready).count() as u32;
+        counts.current = rows
+            .iter()
+            .filter(|r| {
+                r.local
+                    .is_some_and(|(_, c, _)| c == r.remote_confirmed_flush_lsn)
+            })
+            .count() as u32;
         status::publish(&rows);
         Ok(counts)
+    }
+
+    /// Nothing moved since the last pass (the long poll said so on the
+    /// primary's side, the slot array on ours): the copies synced then are
+    /// synced now.
+    pub fn still_synced(&mut self) {
+        // SAFETY: reads the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        for (name, (state, _)) in &self.said {
+            if *state == State::Synced {
+                self.last_synced.insert(name.clone(), now);
+            }
+        }
+        status::touch_synced(now);
     }
 
     /// Warns once when the primary has no slot named by primary_slot_name:

@@ -66,6 +66,7 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(signals::handle_sighup));
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(signals::die));
+        pg_sys::pqsignal(pg_sys::SIGUSR2 as i32, Some(signals::handle_request));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
@@ -105,15 +106,54 @@ pub(crate) mod signals {
         unsafe { SignalHandlerForConfigReload(arg) }
     }
 
+    /// Sets a flag for as long as it lives, also when an ERROR unwinds through.
+    struct Raised(&'static AtomicBool);
+
+    impl Raised {
+        fn new(flag: &'static AtomicBool) -> Raised {
+            flag.store(true, Ordering::SeqCst);
+            Raised(flag)
+        }
+    }
+
+    impl Drop for Raised {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+            if std::ptr::eq(self.0, &IN_NETWORK_WAIT) {
+                // A cancel raised for the wait that just ended must not hit a
+                // later, unrelated check.
+                // SAFETY: plain store to a sig_atomic_t that the handler no longer sets.
+                unsafe { pg_sys::QueryCancelPending = 0 };
+            }
+        }
+    }
+
     /// Runs `f` (a network round trip) so that a SIGHUP interrupts it.
     pub fn interruptible_by_reload<T>(f: impl FnOnce() -> T) -> T {
-        IN_NETWORK_WAIT.store(true, Ordering::SeqCst);
-        let r = f();
-        IN_NETWORK_WAIT.store(false, Ordering::SeqCst);
-        // A cancel raised for the wait that just ended must not hit a later, unrelated check.
-        // SAFETY: plain store to a sig_atomic_t that the handler no longer sets.
-        unsafe { pg_sys::QueryCancelPending = 0 };
-        r
+        let _waiting = Raised::new(&IN_NETWORK_WAIT);
+        f()
+    }
+
+    /// A session asked for a pass (status::request): if the worker is in the
+    /// long poll, end it, so that the pass runs now rather than when the
+    /// primary's slots next move.
+    pub unsafe extern "C-unwind" fn handle_request(_arg: c_int) {
+        if IN_LONG_POLL.load(Ordering::SeqCst) {
+            CANCEL_RAISED.store(true, Ordering::SeqCst);
+            // SAFETY: sig_atomic_t flags, as in handle_sighup.
+            unsafe {
+                pg_sys::QueryCancelPending = 1;
+                pg_sys::InterruptPending = 1;
+            }
+        }
+    }
+
+    static IN_LONG_POLL: AtomicBool = AtomicBool::new(false);
+
+    /// Runs `f` (the long poll) so that a request for a pass interrupts it.
+    pub fn in_long_poll<T>(f: impl FnOnce() -> T) -> T {
+        let _polling = Raised::new(&IN_LONG_POLL);
+        f()
     }
 
     /// Whether a reload cancelled a network wait since the last call.
@@ -146,13 +186,27 @@ struct Worker {
     syncer: Syncer,
     /// The current sleep between passes (see next_nap).
     nap: Duration,
+    /// The long poll: the fingerprint of the primary's slots it last returned
+    /// (0: none yet on this connection), and of the standby's own copies after
+    /// the last pass.
+    remote_fingerprint: i64,
+    local_fingerprint: u64,
+    /// The last pass ended with every selected copy ready and where its primary slot stands.
+    settled: bool,
+    /// The long poll returned with nothing moved: the next step may skip its pass.
+    nothing_moved: bool,
+    last_pass: Option<Instant>,
+    /// What the log last said about the long poll (None: nothing yet).
+    long_poll_said: Option<Result<(), String>>,
 }
 
 impl Worker {
     fn run(&mut self) -> ! {
         self.conn_settings = connection_settings();
         // SAFETY: MyLatch is this process's latch in shared memory (PGPROC).
-        status::set_worker_latch(Some(unsafe { pg_sys::MyLatch }));
+        status::set_worker(Some(unsafe { (pg_sys::MyLatch, pg_sys::MyProcPid) }));
+        // SAFETY: registers a callback run at this process's exit (also after FATAL).
+        unsafe { pg_sys::before_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0)) };
         loop {
             pgrx::check_for_interrupts!();
             if signals::reload_pending() {
@@ -167,7 +221,7 @@ impl Worker {
             let upto = status::requested();
             let timeout = self.step(upto);
             if !status::request_pending() {
-                wait_latch(timeout);
+                self.sleep(timeout);
             }
         }
     }
@@ -255,8 +309,22 @@ impl Worker {
             }
         }
 
+        // The long poll saw nothing move on the primary, nothing moved here,
+        // every copy was ready and nobody asks for a pass: this pass would
+        // find what the last one found.
+        if std::mem::take(&mut self.nothing_moved)
+            && self.settled
+            && !status::request_pending()
+            && slot::fingerprint("", &|_, _| true) == self.local_fingerprint
+        {
+            self.syncer.still_synced();
+            return Some(guc::naptime());
+        }
+
         let primary = self.primary.as_mut().expect("connected above");
         let syncer = &mut self.syncer;
+        let started = Instant::now();
+        self.last_pass = Some(started);
         match in_transaction(|| syncer.pass(primary)) {
             Ok(counts) => {
                 // A cancel that came as a query finished cancelled nothing.
@@ -265,11 +333,23 @@ impl Worker {
                 self.retry_at = None;
                 status::answer(upto, Ok((counts.created, counts.advanced, counts.dropped)));
                 report_activity(&format!(
-                    "{} slot(s) selected for sync, {} ready",
-                    counts.selected, counts.ready
+                    "{} slot(s) selected for sync, {} ready; last pass {:.1} ms",
+                    counts.selected,
+                    counts.ready,
+                    started.elapsed().as_secs_f64() * 1000.0
                 ));
+                // Nothing left for a later pass to do unless a slot moves.
+                self.settled = counts.ready == counts.selected && counts.current == counts.selected;
+                self.local_fingerprint = slot::fingerprint("", &|_, _| true);
                 self.nap = next_nap(self.nap, counts.changed(), guc::naptime());
-                Some(self.nap)
+                // With the long poll, a settled standby waits for the primary's
+                // slots to move, up to naptime; otherwise the back-off decides.
+                let long_poll = self.primary.as_ref().is_some_and(|p| p.long_poll.is_ok());
+                Some(if long_poll && self.settled {
+                    guc::naptime()
+                } else {
+                    self.nap
+                })
             }
             // A reload: apply it now. Reconnect only if it cancelled a query
             // (the connection may be mid-answer) or changed the settings.
@@ -314,6 +394,80 @@ impl Worker {
 
     fn disconnect(&mut self) {
         self.primary = None;
+        self.remote_fingerprint = 0;
+        self.nothing_moved = false;
+    }
+
+    /// Between steps: on the primary's long poll when it has one (returns as
+    /// soon as a selected slot moves), else on the latch. Either way a reload,
+    /// a request for a pass or SIGTERM ends the wait.
+    fn sleep(&mut self, timeout: Option<Duration>) {
+        let function = match (&self.mode, &self.primary, timeout) {
+            (Some(Mode::Standby), Some(p), Some(t)) if !t.is_zero() => p.long_poll.clone(),
+            _ => return wait_latch(timeout),
+        };
+        self.say_long_poll(function.as_ref().map(|_| ()).map_err(Clone::clone));
+        let Ok(function) = function else {
+            return wait_latch(timeout);
+        };
+        let timeout = timeout.unwrap_or_default().min(LONG_POLL_MAX);
+        let since = self.remote_fingerprint;
+        let physical = guc::server_setting(c"primary_slot_name");
+        let slot_names = guc::slot_names();
+        let primary = self.primary.as_mut().expect("matched above");
+        match in_transaction(|| {
+            primary.wait_for_change(&function, &slot_names, &physical, since, timeout)
+        }) {
+            Ok(now) => {
+                signals::take_cancel_raised();
+                self.remote_fingerprint = now;
+                self.nothing_moved = now == since;
+                if !self.nothing_moved {
+                    // Slots that move tend to go on moving: one pass per
+                    // NAP_AFTER_CHANGE at most, as with polling.
+                    let next = self.last_pass.map(|at| at + NAP_AFTER_CHANGE);
+                    if let Some(wait) = next.and_then(|n| n.checked_duration_since(Instant::now()))
+                    {
+                        wait_latch(Some(wait));
+                    }
+                }
+            }
+            // Cut short by a reload or a request: the connection may be
+            // mid-answer, so it is made anew (the next step does).
+            Err(_) if signals::take_cancel_raised() => self.disconnect(),
+            Err(e) => {
+                // Not there after all, or failing: poll on this connection.
+                if let Some(p) = self.primary.as_mut() {
+                    p.long_poll = Err(e.to_string());
+                }
+                self.say_long_poll(Err(e.to_string()));
+            }
+        }
+    }
+
+    /// Logs whether the long poll is used, when that changes.
+    fn say_long_poll(&mut self, now: Result<(), String>) {
+        if self.long_poll_said.as_ref() == Some(&now) {
+            return;
+        }
+        match &now {
+            Ok(()) => log(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                "sync_logical_slot worker waits on the primary for its slots to move",
+                Some("It calls sync_logical_slot_wait_for_change() on the primary, which returns as soon as a selected slot moves.".into()),
+                None,
+            ),
+            Err(why) => log(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                &format!(
+                    "sync_logical_slot worker polls the primary every {} ms at most: {why}",
+                    guc::naptime().as_millis()
+                ),
+                Some("Without the long poll a slot that moves after a quiet time is copied up to sync_logical_slot.naptime later.".into()),
+                Some("On the primary, in the database the worker connects to: CREATE EXTENSION sync_logical_slot; and GRANT EXECUTE ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) TO the worker's role."),
+            ),
+        }
+        self.long_poll_said = Some(now);
     }
 
     /// Logs a change of mode, once.
@@ -368,6 +522,12 @@ impl Worker {
     }
 }
 
+/// At exit: sessions must no longer signal this pid (it may be reused).
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_worker(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    status::set_worker(None);
+}
+
 /// What the connection is made from; compared across reloads.
 fn connection_settings() -> Vec<String> {
     vec![
@@ -399,8 +559,13 @@ fn connect(source: &ConnSource) -> Result<Primary, SyncError> {
     Primary::connect(&worker_conninfo(base, source, &guc::database()))
 }
 
-/// The first sleep after a pass that changed something.
+/// The first sleep after a pass that changed something; also the shortest
+/// time between two passes when the long poll wakes the worker.
 const NAP_AFTER_CHANGE: Duration = Duration::from_millis(10);
+/// The longest one long poll waits: well within the connection's
+/// statement_timeout (conninfo.rs), whatever naptime is.
+const LONG_POLL_MAX: Duration =
+    Duration::from_millis(crate::conninfo::STATEMENT_TIMEOUT_MS as u64 / 2);
 
 /// Short after a change (slots that move tend to move on), doubling while
 /// nothing changes, up to `naptime`: a busy slot is followed within

@@ -70,7 +70,7 @@ fn worker_reads_primary_slots_on_standby_and_idles_on_primary() {
         standby.log_tail()
     );
     standby.poll_query_until(
-        "SELECT query LIKE '1 slot(s) selected for sync, _ ready' FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
+        "SELECT query LIKE '1 slot(s) selected for sync, _ ready; last pass % ms' FROM pg_stat_activity WHERE backend_type = 'sync_logical_slot worker'",
         "t",
     );
 
