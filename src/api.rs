@@ -537,14 +537,21 @@ const WAIT_FOR_CHANGE_MAX: Duration = Duration::from_secs(60);
 /// How often the client connection is checked while waiting.
 const CLIENT_CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// How often the slot array is looked at while waiting: 1 ms for up to 100
-/// slots (`max_replication_slots`), longer in proportion above that (the look
-/// is a pass over the whole array), 10 ms at most.
-fn wait_for_change_interval() -> Duration {
-    // SAFETY: reads a GUC.
-    let slots = unsafe { pg_sys::max_replication_slots }.max(0) as u64;
-    Duration::from_millis((slots / 100).clamp(1, 10))
+/// How often the slot array is looked at while waiting: every 1 ms for up
+/// to 100 slots in use, longer in proportion above that (each look reads
+/// every slot under its spinlock), 10 ms at most; and once nothing has moved
+/// for `QUIET_AFTER`, five times less often (20 ms at most), so that an idle
+/// primary pays little for the wait.
+fn wait_for_change_interval(slots_in_use: usize, waited: Duration) -> Duration {
+    let fast = Duration::from_millis((slots_in_use as u64 / 100).clamp(1, 10));
+    if waited < QUIET_AFTER {
+        fast
+    } else {
+        (fast * 5).min(Duration::from_millis(20))
+    }
 }
+
+const QUIET_AFTER: Duration = Duration::from_millis(100);
 
 /// Returns as soon as the positions of the logical slots that `slot_names`
 /// selects, or the `catalog_xmin` of physical slot `standby_slot`, differ from
@@ -568,11 +575,11 @@ fn sync_logical_slot_wait_for_change(
     });
     let timeout = Duration::from_millis(timeout_ms.max(0) as u64).min(WAIT_FOR_CHANGE_MAX);
     let select = |name: &str, plugin: &str| filter.selects(name, plugin);
-    let interval = wait_for_change_interval();
     let start = Instant::now();
     let mut checked_client = start;
     loop {
-        let now = crate::slot::fingerprint(standby_slot, &select) as i64;
+        let (now, slots_in_use) = crate::slot::fingerprint(standby_slot, &select);
+        let now = now as i64;
         if now != since || start.elapsed() >= timeout {
             return now;
         }
@@ -582,7 +589,8 @@ fn sync_logical_slot_wait_for_change(
             pg_sys::WaitLatch(
                 pg_sys::MyLatch,
                 (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                interval.as_millis() as std::ffi::c_long,
+                wait_for_change_interval(slots_in_use, start.elapsed()).as_millis()
+                    as std::ffi::c_long,
                 pg_sys::PG_WAIT_EXTENSION,
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -675,7 +683,7 @@ COMMENT ON FUNCTION sync_logical_slot_advance(name, pg_lsn) IS
 COMMENT ON FUNCTION sync_logical_slot_advance_internal(text, bigint) IS
   'Implementation of sync_logical_slot_advance(name, pg_lsn).';
 COMMENT ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) IS
-  'On the primary, called by the standbys'' workers: waits up to timeout_ms until a slot selected by slot_names moves (or the catalog_xmin of physical slot standby_slot does), then returns a fingerprint of their positions to pass as since next time. Reads shared memory only. The worker''s role needs EXECUTE; without it the worker polls every naptime.';
+  'On the primary, called by the standbys'' workers: waits up to timeout_ms until a slot selected by slot_names moves (or the catalog_xmin of physical slot standby_slot does), then returns a fingerprint of their positions to pass as since next time. Reads shared memory only. The worker''s role needs EXECUTE (and USAGE on this schema); without it the worker polls the primary.';
 "#,
     name = "sql_interface",
     requires = [
@@ -736,6 +744,16 @@ mod unit_tests {
         ));
         // An empty password is allowed (a passfile, or trust).
         assert!(InitArgs::check(Some("h"), Some("1"), Some("d"), Some("u"), Some("")).is_ok());
+    }
+
+    #[test]
+    fn the_long_poll_looks_less_often_with_many_slots_and_when_quiet() {
+        let ms = Duration::from_millis;
+        assert_eq!(wait_for_change_interval(10, ms(0)), ms(1));
+        assert_eq!(wait_for_change_interval(10, ms(150)), ms(5));
+        assert_eq!(wait_for_change_interval(1000, ms(0)), ms(10));
+        assert_eq!(wait_for_change_interval(1000, ms(150)), ms(20));
+        assert_eq!(wait_for_change_interval(50_000, ms(0)), ms(10));
     }
 
     #[test]

@@ -213,11 +213,12 @@ impl Primary {
     /// Whether the primary has this extension's long poll in the database the
     /// worker connects to, and the worker's role may call it: the call's
     /// qualified name, or why not (said in the worker's log, with the fix).
-    fn find_long_poll(&mut self) -> Result<Result<String, String>, SyncError> {
+    pub fn find_long_poll(&mut self) -> Result<Result<String, String>, SyncError> {
         let rows = self.query(
             "SELECT pg_catalog.quote_ident(n.nspname) || '.sync_logical_slot_wait_for_change',
                     (p.oid IS NOT NULL)::text,
-                    (p.oid IS NOT NULL AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE'))::text
+                    (p.oid IS NOT NULL AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                     AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'))::text
                FROM pg_catalog.pg_extension e
                JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                LEFT JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
@@ -233,7 +234,7 @@ impl Primary {
                 "the primary's sync_logical_slot extension lacks sync_logical_slot_wait_for_change (ALTER EXTENSION sync_logical_slot UPDATE)".into(),
             ),
             Some(row) if col(row, 2).as_deref() != Some("true") => Err(
-                "the worker's role may not execute sync_logical_slot_wait_for_change on the primary".into(),
+                "the worker's role may not execute sync_logical_slot_wait_for_change on the primary (EXECUTE on it, USAGE on its schema)".into(),
             ),
             Some(row) => Ok(col(row, 0).unwrap_or_default()),
         })
@@ -241,8 +242,9 @@ impl Primary {
 
     /// The long poll: waits on the primary until a slot the filter selects
     /// moves (or this standby's feedback does), at most `timeout`; returns
-    /// the new fingerprint (see `sync_logical_slot_wait_for_change`). A reload
-    /// or a request for a pass interrupts it (see worker::signals).
+    /// the new fingerprint (see `sync_logical_slot_wait_for_change`). Call it
+    /// inside worker::signals::in_long_poll, so that a reload or a request for
+    /// a pass interrupts it.
     pub fn wait_for_change(
         &mut self,
         function: &str,
@@ -257,8 +259,7 @@ impl Primary {
             pgrx::spi::quote_literal(physical_slot),
             timeout.as_millis().min(i32::MAX as u128)
         );
-        let value = crate::worker::signals::in_long_poll(|| self.query_value(&sql))?;
-        value
+        self.query_value(&sql)?
             .as_deref()
             .unwrap_or_default()
             .parse()

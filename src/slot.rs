@@ -142,16 +142,17 @@ fn slots_in_use() -> Vec<(pg_sys::ReplicationSlotPersistentData, i32)> {
 }
 
 /// A fingerprint of slot positions, read from shared memory only (no
-/// catalog access, no allocation): for every persistent logical slot that
+/// catalog access): for every persistent logical slot that
 /// `select(name, plugin)` accepts, its place in the array, database,
 /// restart_lsn, confirmed_flush_lsn and catalog_xmin; and the catalog_xmin of
 /// the physical slot `physical` (the feedback a standby's copies depend on).
 /// It changes when a selected slot moves, appears, goes or is invalidated.
-/// Never 0, so that 0 can stand for "not known yet".
-pub fn fingerprint(physical: &str, select: &dyn Fn(&str, &str) -> bool) -> u64 {
-    let mut h = Fingerprint::default();
-    // SAFETY: as in slots_in_use; names and plugins are read as copies under
-    // the slot's spinlock.
+/// Never 0, so that 0 can stand for "not known yet". Also returns how many
+/// slots are in use (what one look costs). `select` runs after the slots'
+/// lock is released.
+pub fn fingerprint(physical: &str, select: &dyn Fn(&str, &str) -> bool) -> (u64, usize) {
+    let mut in_use = Vec::new();
+    // SAFETY: as in slots_in_use.
     unsafe {
         pg_sys::LWLockAcquire(main_lock(SLOT_CONTROL_LOCK), pg_sys::LWLockMode::LW_SHARED);
         for (i, s) in slot_array().enumerate() {
@@ -161,30 +162,36 @@ pub fn fingerprint(physical: &str, select: &dyn Fn(&str, &str) -> bool) -> u64 {
             pg_sys::SpinLockAcquire(&raw mut (*s).mutex);
             let d = (*s).data;
             pg_sys::SpinLockRelease(&raw mut (*s).mutex);
-            let name = CStr::from_ptr(d.name.data.as_ptr()).to_bytes();
-            if d.database == pg_sys::InvalidOid {
-                if name == physical.as_bytes() {
-                    h.add(u64::MAX);
-                    h.add(u64::from(d.catalog_xmin.into_inner()));
-                }
-                continue;
-            }
-            if d.persistency != pg_sys::ReplicationSlotPersistency::RS_PERSISTENT {
-                continue;
-            }
-            let plugin = CStr::from_ptr(d.plugin.data.as_ptr()).to_string_lossy();
-            if !select(&String::from_utf8_lossy(name), &plugin) {
-                continue;
-            }
-            h.add(i as u64);
-            h.add(u64::from(u32::from(d.database)));
-            h.add(d.restart_lsn);
-            h.add(d.confirmed_flush);
-            h.add(u64::from(d.catalog_xmin.into_inner()));
+            in_use.push((i, d));
         }
         pg_sys::LWLockRelease(main_lock(SLOT_CONTROL_LOCK));
     }
-    h.finish()
+    let mut h = Fingerprint::default();
+    for (i, d) in &in_use {
+        // SAFETY: NameData copies, NUL-terminated.
+        let name = unsafe { CStr::from_ptr(d.name.data.as_ptr()) }.to_string_lossy();
+        if d.database == pg_sys::InvalidOid {
+            if name == physical {
+                h.add(u64::MAX);
+                h.add(u64::from(d.catalog_xmin.into_inner()));
+            }
+            continue;
+        }
+        if d.persistency != pg_sys::ReplicationSlotPersistency::RS_PERSISTENT {
+            continue;
+        }
+        // SAFETY: as above.
+        let plugin = unsafe { CStr::from_ptr(d.plugin.data.as_ptr()) }.to_string_lossy();
+        if !select(&name, &plugin) {
+            continue;
+        }
+        h.add(*i as u64);
+        h.add(u64::from(u32::from(d.database)));
+        h.add(d.restart_lsn);
+        h.add(d.confirmed_flush);
+        h.add(u64::from(d.catalog_xmin.into_inner()));
+    }
+    (h.finish(), in_use.len())
 }
 
 /// FNV-1a over 64-bit words: cheap, and any change of a word changes the result.

@@ -94,7 +94,7 @@ pub(crate) mod signals {
     static CANCEL_RAISED: AtomicBool = AtomicBool::new(false);
 
     pub unsafe extern "C-unwind" fn handle_sighup(arg: c_int) {
-        if IN_NETWORK_WAIT.load(Ordering::SeqCst) {
+        if IN_NETWORK_WAIT.load(Ordering::SeqCst) || IN_LONG_POLL.load(Ordering::SeqCst) {
             CANCEL_RAISED.store(true, Ordering::SeqCst);
             // SAFETY: sig_atomic_t flags, set as PostgreSQL's StatementCancelHandler sets them.
             unsafe {
@@ -119,10 +119,11 @@ pub(crate) mod signals {
     impl Drop for Raised {
         fn drop(&mut self) {
             self.0.store(false, Ordering::SeqCst);
-            if std::ptr::eq(self.0, &IN_NETWORK_WAIT) {
-                // A cancel raised for the wait that just ended must not hit a
-                // later, unrelated check.
-                // SAFETY: plain store to a sig_atomic_t that the handler no longer sets.
+            // A cancel raised for the wait that just ended must not hit a
+            // later, unrelated check.
+            // SAFETY: plain store to a sig_atomic_t that the handlers set only
+            // while a flag is raised.
+            if !IN_NETWORK_WAIT.load(Ordering::SeqCst) && !IN_LONG_POLL.load(Ordering::SeqCst) {
                 unsafe { pg_sys::QueryCancelPending = 0 };
             }
         }
@@ -150,10 +151,15 @@ pub(crate) mod signals {
 
     static IN_LONG_POLL: AtomicBool = AtomicBool::new(false);
 
-    /// Runs `f` (the long poll) so that a request for a pass interrupts it.
-    pub fn in_long_poll<T>(f: impl FnOnce() -> T) -> T {
+    /// Runs `f` (the long poll) so that a request for a pass or a reload
+    /// interrupts it; None, without running it, when one came already. The
+    /// flag is raised before the check, so a signal between the two is not lost.
+    pub fn in_long_poll<T>(pending: impl Fn() -> bool, f: impl FnOnce() -> T) -> Option<T> {
         let _polling = Raised::new(&IN_LONG_POLL);
-        f()
+        if pending() || reload_pending() {
+            return None;
+        }
+        Some(f())
     }
 
     /// Whether a reload cancelled a network wait since the last call.
@@ -196,6 +202,11 @@ struct Worker {
     /// The long poll returned with nothing moved: the next step may skip its pass.
     nothing_moved: bool,
     last_pass: Option<Instant>,
+    /// The connection was closed on purpose (to end a long poll): making it
+    /// anew is not news for the log.
+    quiet_reconnect: bool,
+    /// When a missing long poll was last looked for again.
+    long_poll_checked: Option<Instant>,
     /// What the log last said about the long poll (None: nothing yet).
     long_poll_said: Option<Result<(), String>>,
 }
@@ -227,6 +238,9 @@ impl Worker {
     }
 
     fn reload(&mut self) {
+        // New settings (drop_extra_slots, ...) may change what a pass does
+        // although no slot moved: the next step runs one.
+        self.settled = false;
         let now = connection_settings();
         if now != self.conn_settings {
             self.conn_settings = now;
@@ -287,15 +301,18 @@ impl Worker {
             match in_transaction(|| connect(&source)) {
                 Ok(p) => {
                     self.primary = Some(p);
-                    log(
-                        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                        "sync_logical_slot worker connected to the primary server",
-                        Some(format!(
-                            "Connection settings come from {}.",
-                            source.describe()
-                        )),
-                        None,
-                    );
+                    let message = "sync_logical_slot worker connected to the primary server";
+                    let detail = format!("Connection settings come from {}.", source.describe());
+                    if std::mem::take(&mut self.quiet_reconnect) {
+                        debug1(message, &detail);
+                    } else {
+                        log(
+                            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                            message,
+                            Some(detail),
+                            None,
+                        );
+                    }
                 }
                 // Interrupted by a reload: use the new settings now, no backoff.
                 Err(_) if signals::reload_pending() => {
@@ -315,7 +332,7 @@ impl Worker {
         if std::mem::take(&mut self.nothing_moved)
             && self.settled
             && !status::request_pending()
-            && slot::fingerprint("", &|_, _| true) == self.local_fingerprint
+            && slot::fingerprint("", &|_, _| true).0 == self.local_fingerprint
         {
             self.syncer.still_synced();
             return Some(guc::naptime());
@@ -325,6 +342,9 @@ impl Worker {
         let syncer = &mut self.syncer;
         let started = Instant::now();
         self.last_pass = Some(started);
+        // Taken before the pass reads the standby's slots: a change made
+        // meanwhile by someone else shows as a difference after it.
+        let local_before = slot::fingerprint("", &|_, _| true).0;
         match in_transaction(|| syncer.pass(primary)) {
             Ok(counts) => {
                 // A cancel that came as a query finished cancelled nothing.
@@ -338,9 +358,14 @@ impl Worker {
                     counts.ready,
                     started.elapsed().as_secs_f64() * 1000.0
                 ));
-                // Nothing left for a later pass to do unless a slot moves.
-                self.settled = counts.ready == counts.selected && counts.current == counts.selected;
-                self.local_fingerprint = slot::fingerprint("", &|_, _| true);
+                // Nothing left for a later pass to do unless a slot moves: every
+                // copy ready and current, and this pass found the standby's
+                // slots as they are now (it changed none, nor did anyone else).
+                self.local_fingerprint = slot::fingerprint("", &|_, _| true).0;
+                self.settled = counts.ready == counts.selected
+                    && counts.current == counts.selected
+                    && !counts.changed()
+                    && self.local_fingerprint == local_before;
                 self.nap = next_nap(self.nap, counts.changed(), guc::naptime());
                 // With the long poll, a settled standby waits for the primary's
                 // slots to move, up to naptime; otherwise the back-off decides.
@@ -408,6 +433,21 @@ impl Worker {
         };
         self.say_long_poll(function.as_ref().map(|_| ()).map_err(Clone::clone));
         let Ok(function) = function else {
+            // The DBA may create the extension or grant EXECUTE at any time:
+            // look again now and then.
+            let due = self
+                .long_poll_checked
+                .is_none_or(|at| at.elapsed() >= LONG_POLL_RECHECK);
+            if due {
+                self.long_poll_checked = Some(Instant::now());
+                let primary = self.primary.as_mut().expect("matched above");
+                if let Ok(found) = in_transaction(|| primary.find_long_poll()) {
+                    primary.long_poll = found;
+                    if primary.long_poll.is_ok() {
+                        return;
+                    }
+                }
+            }
             return wait_latch(timeout);
         };
         let timeout = timeout.unwrap_or_default().min(LONG_POLL_MAX);
@@ -415,9 +455,18 @@ impl Worker {
         let physical = guc::server_setting(c"primary_slot_name");
         let slot_names = guc::slot_names();
         let primary = self.primary.as_mut().expect("matched above");
-        match in_transaction(|| {
-            primary.wait_for_change(&function, &slot_names, &physical, since, timeout)
-        }) {
+        // No snapshot: the wait may last seconds, and a snapshot held here
+        // would hold back the primary's vacuum through hot_standby_feedback.
+        let waited = signals::in_long_poll(status::request_pending, || {
+            in_transaction_without_snapshot(|| {
+                primary.wait_for_change(&function, &slot_names, &physical, since, timeout)
+            })
+        });
+        let Some(waited) = waited else {
+            // A request or reload came first: the next step serves it.
+            return;
+        };
+        match waited {
             Ok(now) => {
                 signals::take_cancel_raised();
                 self.remote_fingerprint = now;
@@ -433,14 +482,26 @@ impl Worker {
                 }
             }
             // Cut short by a reload or a request: the connection may be
-            // mid-answer, so it is made anew (the next step does).
-            Err(_) if signals::take_cancel_raised() => self.disconnect(),
+            // mid-answer, so it is made anew (the next step does, quietly).
+            Err(_) if signals::take_cancel_raised() => {
+                self.disconnect();
+                self.quiet_reconnect = true;
+            }
             Err(e) => {
-                // Not there after all, or failing: poll on this connection.
+                // Failing: poll on this connection (the function is looked for
+                // again in LONG_POLL_RECHECK; a broken connection fails the
+                // next pass and is made anew).
+                log(
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    &format!("sync_logical_slot worker's wait on the primary failed: {e}"),
+                    Some("The worker polls the primary until the wait works again.".into()),
+                    None,
+                );
+                self.long_poll_checked = Some(Instant::now());
                 if let Some(p) = self.primary.as_mut() {
                     p.long_poll = Err(e.to_string());
                 }
-                self.say_long_poll(Err(e.to_string()));
+                self.long_poll_said = Some(Err(e.to_string()));
             }
         }
     }
@@ -562,6 +623,8 @@ fn connect(source: &ConnSource) -> Result<Primary, SyncError> {
 /// The first sleep after a pass that changed something; also the shortest
 /// time between two passes when the long poll wakes the worker.
 const NAP_AFTER_CHANGE: Duration = Duration::from_millis(10);
+/// How often the worker looks again for a long poll it could not use.
+const LONG_POLL_RECHECK: Duration = Duration::from_secs(30);
 /// The longest one long poll waits: well within the connection's
 /// statement_timeout (conninfo.rs), whatever naptime is.
 const LONG_POLL_MAX: Duration =
@@ -587,17 +650,36 @@ pub fn backoff(failures: u32) -> Duration {
 /// An ERROR raised inside is caught, the transaction aborted, and the error
 /// returned as a value: one failed step never kills the worker.
 fn in_transaction<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {
+    transaction(true, f)
+}
+
+/// As `in_transaction`, without a snapshot (catalog lookups still work:
+/// they take their own, briefly).
+fn in_transaction_without_snapshot<T>(
+    f: impl FnOnce() -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    transaction(false, f)
+}
+
+fn transaction<T>(
+    snapshot: bool,
+    f: impl FnOnce() -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the worker is connected to a database and not inside a transaction.
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            if snapshot {
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
         }
         let r = f();
         // SAFETY: matches the calls above.
         unsafe {
-            pg_sys::PopActiveSnapshot();
+            if snapshot {
+                pg_sys::PopActiveSnapshot();
+            }
             pg_sys::CommitTransactionCommand();
         }
         r
@@ -650,6 +732,16 @@ fn log(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option
         report = report.set_hint(h);
     }
     report.report(PgLogLevel::LOG);
+}
+
+fn debug1(message: &str, detail: &str) {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message.to_string(),
+        "sync_logical_slot",
+    )
+    .set_detail(detail.to_string())
+    .report(PgLogLevel::DEBUG1);
 }
 
 #[cfg(test)]
