@@ -522,14 +522,16 @@ fn per_slot<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError>
 }
 
 fn to_plan_local(l: &slot::Local) -> LocalSlot {
+    // One file lookup for the primary-life mark; the ownership mark only without it.
+    let from_primary_life = slot::is_from_primary_life(&l.name);
     LocalSlot {
         name: l.name.clone(),
         plugin: l.plugin.clone(),
         database: slot::database_name(l.database_oid).unwrap_or_default(),
         two_phase: l.two_phase,
         persistent: l.persistent,
-        ours: slot::is_ours(&l.name) && !slot::is_from_primary_life(&l.name),
-        from_primary_life: slot::is_from_primary_life(&l.name),
+        ours: !from_primary_life && slot::is_ours(&l.name),
+        from_primary_life,
         invalidated: l.invalidated,
         restart_lsn: l.restart_lsn,
         confirmed_flush_lsn: l.confirmed_flush_lsn,
