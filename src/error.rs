@@ -10,7 +10,7 @@ use thiserror::Error;
 pub enum SyncError {
     #[error("could not connect to the primary server: {0}")]
     Connect(String),
-    #[error("could not read replication slots from the primary server: {0}")]
+    #[error("query on the primary server failed: {0}")]
     RemoteQuery(String),
     #[error("invalid connection settings in {origin}: {reason}")]
     ConnInfo { origin: String, reason: String },

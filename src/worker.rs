@@ -205,6 +205,8 @@ struct Worker {
     /// The connection was closed on purpose (to end a long poll): making it
     /// anew is not news for the log.
     quiet_reconnect: bool,
+    /// Long polls that failed in a row (not cut short on purpose).
+    wait_failures: u32,
     /// When a missing long poll was last looked for again.
     long_poll_checked: Option<Instant>,
     /// What the log last said about the long poll (None: nothing yet).
@@ -469,6 +471,7 @@ impl Worker {
         match waited {
             Ok(now) => {
                 signals::take_cancel_raised();
+                self.wait_failures = 0;
                 self.remote_fingerprint = now;
                 self.nothing_moved = now == since;
                 if !self.nothing_moved {
@@ -487,10 +490,16 @@ impl Worker {
                 self.disconnect();
                 self.quiet_reconnect = true;
             }
+            // Most often the connection broke (the primary stopped or
+            // failed): make it anew; the next step says what happened.
+            Err(_) if self.wait_failures == 0 => {
+                self.wait_failures += 1;
+                self.disconnect();
+            }
             Err(e) => {
-                // Failing: poll on this connection (the function is looked for
-                // again in LONG_POLL_RECHECK; a broken connection fails the
-                // next pass and is made anew).
+                // Failing again on a fresh connection: poll on this connection
+                // (the function is looked for again in LONG_POLL_RECHECK).
+                self.wait_failures = 0;
                 log(
                     PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
                     &format!("sync_logical_slot worker's wait on the primary failed: {e}"),

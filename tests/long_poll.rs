@@ -162,6 +162,25 @@ fn long_poll_copies_a_move_at_once_and_idles_at_one_query_per_naptime() {
         "SELECT ready AND last_sync_at > now() - interval '3 s' FROM sync_logical_slot_status WHERE slot_name = 's1'",
         "t",
     );
+
+    // The primary restarts under a waiting worker: it connects anew and waits
+    // again (a broken wait is a lost connection, not a reason to poll).
+    let offset = standby.log_offset();
+    primary.restart();
+    standby.wait_for_log(
+        "sync_logical_slot worker connected to the primary server",
+        offset,
+    );
+    primary.poll_query_until(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot' AND wait_event = 'Extension'",
+        "1",
+    );
+    primary.sql("INSERT INTO t VALUES (4)");
+    primary.sql("SELECT pg_replication_slot_advance('s1', pg_current_wal_lsn())");
+    wait_for_confirmed(&standby, &primary, "s1");
+    let log = standby.log_since(offset);
+    assert_eq!(count(&log, "wait on the primary failed"), 0, "{log}");
+    assert_eq!(count(&log, "polls the primary"), 0, "{log}");
 }
 
 #[test]
