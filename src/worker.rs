@@ -322,6 +322,8 @@ impl Worker {
                     return Some(Duration::ZERO);
                 }
                 Err(e) => {
+                    // A failure is news, and so is the connection after it.
+                    self.quiet_reconnect = false;
                     status::answer(upto, Err(e.to_string()));
                     return Some(self.failed(e, &source));
                 }
