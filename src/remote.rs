@@ -172,7 +172,13 @@ impl Primary {
             None => return Err(SyncError::Connect(take_error(err))),
         };
         primary.check_identity()?;
-        primary.long_poll = primary.find_long_poll()?;
+        // Not knowing means polling, not failing the connection; but a
+        // reload that cut the query short fails it (it is made anew).
+        primary.long_poll = match primary.find_long_poll() {
+            Ok(found) => found,
+            Err(e) if crate::worker::signals::reload_pending() => return Err(e),
+            Err(e) => Err(e.to_string()),
+        };
         Ok(primary)
     }
 
@@ -236,7 +242,16 @@ impl Primary {
             Some(row) if col(row, 2).as_deref() != Some("true") => Err(
                 "the worker's role may not execute sync_logical_slot_wait_for_change on the primary (EXECUTE on it, USAGE on its schema)".into(),
             ),
-            Some(row) => Ok(col(row, 0).unwrap_or_default()),
+            Some(row) => {
+                // One call that returns at once: it fails where the library
+                // cannot load (it must be preloaded, and only a superuser may
+                // read shared_preload_libraries to tell).
+                let function = col(row, 0).unwrap_or_default();
+                match self.query_value(&format!("SELECT {function}('', '', 0, 0)::text")) {
+                    Ok(_) => Ok(function),
+                    Err(e) => Err(format!("calling sync_logical_slot_wait_for_change on the primary fails: {e}")),
+                }
+            }
         })
     }
 

@@ -536,7 +536,7 @@ impl Worker {
                     guc::naptime().as_millis()
                 ),
                 Some("Without the long poll a slot that moves after a quiet time is copied up to sync_logical_slot.naptime later.".into()),
-                Some("On the primary, in the database the worker connects to: CREATE EXTENSION sync_logical_slot; and GRANT EXECUTE ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) TO the worker's role."),
+                Some("On the primary: shared_preload_libraries must include sync_logical_slot; in the database the worker connects to, CREATE EXTENSION sync_logical_slot; and GRANT EXECUTE ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) TO the worker's role (with USAGE on its schema)."),
             ),
         }
         self.long_poll_said = Some(now);

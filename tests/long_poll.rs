@@ -236,4 +236,26 @@ fn long_poll_without_execute_falls_back_to_polling_and_says_why() {
         ),
         0
     );
+
+    // A primary that no longer preloads the library (its function could not
+    // load there): the worker says so and polls, and still syncs.
+    let offset = standby.log_offset();
+    primary.append_conf("shared_preload_libraries = ''");
+    primary.restart();
+    standby.wait_for_log(
+        "polls the primary every 200 ms at most: calling sync_logical_slot_wait_for_change on the primary fails",
+        offset,
+    );
+    assert!(
+        standby
+            .log_since(offset)
+            .contains("must be loaded via shared_preload_libraries"),
+        "{}",
+        standby.log_since(offset)
+    );
+    primary.sql("INSERT INTO t VALUES (2)");
+    primary.sql("SELECT pg_replication_slot_advance('s1', pg_current_wal_lsn())");
+    wait_for_confirmed(&standby, &primary, "s1");
+    let log = standby.log_since(offset);
+    assert_eq!(count(&log, "wait on the primary failed"), 0, "{log}");
 }
