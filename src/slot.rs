@@ -194,6 +194,12 @@ pub fn fingerprint(physical: &str, select: &dyn Fn(&str, &str) -> bool) -> (u64,
     (h.finish(), in_use.len())
 }
 
+/// The fingerprint of this server's own persistent logical slots: equal
+/// values mean none was created, moved, dropped or invalidated in between.
+pub fn logical_slots_fingerprint() -> u64 {
+    fingerprint("", &|_, _| true).0
+}
+
 /// FNV-1a over 64-bit words: cheap, and any change of a word changes the result.
 struct Fingerprint(u64);
 

@@ -193,12 +193,12 @@ struct Worker {
     /// The current sleep between passes (see next_nap).
     nap: Duration,
     /// The long poll: the fingerprint of the primary's slots it last returned
-    /// (0: none yet on this connection), and of the standby's own copies after
-    /// the last pass.
+    /// (0: none yet on this connection).
     remote_fingerprint: i64,
-    local_fingerprint: u64,
-    /// The last pass ended with every selected copy ready and where its primary slot stands.
-    settled: bool,
+    /// The last pass settled (every selected copy ready and where its primary
+    /// slot stands, nothing left to do): the fingerprint of the standby's own
+    /// slots it left, to tell whether they changed since.
+    settled: Option<u64>,
     /// The long poll returned with nothing moved: the next step may skip its pass.
     nothing_moved: bool,
     last_pass: Option<Instant>,
@@ -242,7 +242,7 @@ impl Worker {
     fn reload(&mut self) {
         // New settings (drop_extra_slots, ...) may change what a pass does
         // although no slot moved: the next step runs one.
-        self.settled = false;
+        self.settled = None;
         let now = connection_settings();
         if now != self.conn_settings {
             self.conn_settings = now;
@@ -334,9 +334,8 @@ impl Worker {
         // every copy was ready and nobody asks for a pass: this pass would
         // find what the last one found.
         if std::mem::take(&mut self.nothing_moved)
-            && self.settled
             && !status::request_pending()
-            && slot::fingerprint("", &|_, _| true).0 == self.local_fingerprint
+            && self.settled == Some(slot::logical_slots_fingerprint())
         {
             self.syncer.still_synced();
             return Some(guc::naptime());
@@ -348,7 +347,8 @@ impl Worker {
         self.last_pass = Some(started);
         // Taken before the pass reads the standby's slots: a change made
         // meanwhile by someone else shows as a difference after it.
-        let local_before = slot::fingerprint("", &|_, _| true).0;
+        let local_before = slot::logical_slots_fingerprint();
+        self.settled = None;
         match in_transaction(|| syncer.pass(primary)) {
             Ok(counts) => {
                 // A cancel that came as a query finished cancelled nothing.
@@ -365,16 +365,16 @@ impl Worker {
                 // Nothing left for a later pass to do unless a slot moves: every
                 // copy ready and current, and this pass found the standby's
                 // slots as they are now (it changed none, nor did anyone else).
-                self.local_fingerprint = slot::fingerprint("", &|_, _| true).0;
-                self.settled = counts.ready == counts.selected
+                let settled = counts.ready == counts.selected
                     && counts.current == counts.selected
                     && !counts.changed()
-                    && self.local_fingerprint == local_before;
+                    && slot::logical_slots_fingerprint() == local_before;
+                self.settled = settled.then_some(local_before);
                 self.nap = next_nap(self.nap, counts.changed(), guc::naptime());
                 // With the long poll, a settled standby waits for the primary's
                 // slots to move, up to naptime; otherwise the back-off decides.
                 let long_poll = self.primary.as_ref().is_some_and(|p| p.long_poll.is_ok());
-                Some(if long_poll && self.settled {
+                Some(if long_poll && settled {
                     guc::naptime()
                 } else {
                     self.nap
