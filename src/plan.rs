@@ -257,7 +257,8 @@ pub fn plan(
 
 /// Where the copy may move now: forward only, `confirmed_flush_lsn` capped at
 /// the flushed WAL, `restart_lsn` (with `catalog_xmin`) only to a position the
-/// standby has WAL and a decoding snapshot for.
+/// standby has WAL and a decoding snapshot for, and only together with the
+/// primary's `confirmed_flush_lsn` that justifies it.
 pub fn advance_target(
     remote: &RemoteSlot,
     local: &LocalSlot,
@@ -267,8 +268,14 @@ pub fn advance_target(
     let confirmed = local
         .confirmed_flush_lsn
         .max(remote.confirmed_flush_lsn.min(standby.flushed_lsn));
+    // The primary's restart_lsn and catalog_xmin are what decoding needs for
+    // the transactions that commit after *its* confirmed_flush_lsn: a
+    // transaction committing in between may have begun before that
+    // restart_lsn. So the copy takes them only together with that confirmed
+    // position, never while its own is still capped by the flushed WAL.
     let restart_can_move = remote.restart_lsn > local.restart_lsn
         && remote.restart_lsn <= standby.flushed_lsn
+        && confirmed >= remote.confirmed_flush_lsn
         && snapshot_held;
     let (restart_lsn, catalog_xmin) = if restart_can_move {
         let xmin = if local.catalog_xmin.precedes(remote.catalog_xmin) {
@@ -286,6 +293,36 @@ pub fn advance_target(
         confirmed_flush_lsn: confirmed.max(restart_lsn),
         catalog_xmin,
         two_phase: local.two_phase || remote.two_phase,
+    }
+}
+
+/// What a copy holds after writing `target` over `current`, its value read
+/// under the slot's spinlock at the moment of writing (pure: no allocation,
+/// fit for a spinlock). The plan was made from an earlier read; meanwhile a
+/// session's `sync_logical_slot_advance()` may have moved the copy on. So
+/// nothing moves back: `confirmed_flush_lsn` is the later of the two;
+/// `restart_lsn` and `catalog_xmin` are taken as a pair from whichever is
+/// further on (never one from each), and `catalog_xmin` never goes back
+/// (compared as transaction ids, across wraparound).
+pub fn merge(current: Target, target: Target) -> Target {
+    let (restart_lsn, catalog_xmin) = if target.restart_lsn >= current.restart_lsn {
+        let xmin = if target.catalog_xmin.precedes(current.catalog_xmin) {
+            current.catalog_xmin
+        } else {
+            target.catalog_xmin
+        };
+        (target.restart_lsn, xmin)
+    } else {
+        (current.restart_lsn, current.catalog_xmin)
+    };
+    Target {
+        restart_lsn,
+        confirmed_flush_lsn: current
+            .confirmed_flush_lsn
+            .max(target.confirmed_flush_lsn)
+            .max(restart_lsn),
+        catalog_xmin,
+        two_phase: current.two_phase || target.two_phase,
     }
 }
 
@@ -578,7 +615,9 @@ mod tests {
         ) {
             Action::Advance { target, state, .. } => {
                 assert_eq!(target.confirmed_flush_lsn, Lsn(300));
-                assert_eq!(target.restart_lsn, Lsn(120));
+                // The primary's restart point belongs to its confirmed 400.
+                assert_eq!(target.restart_lsn, Lsn(100));
+                assert_eq!(target.catalog_xmin, Xid(10));
                 assert_eq!(state, State::WaitingForWal);
             }
             other => panic!("{other:?}"),
@@ -587,6 +626,65 @@ mod tests {
         let t = advance_target(&remote(350, 400, 12), &l, &standby(300, 12), true);
         assert_eq!(t.restart_lsn, Lsn(100));
         assert_eq!(t.catalog_xmin, Xid(10));
+    }
+
+    #[test]
+    fn restart_and_catalog_xmin_move_only_with_the_confirmed_position_that_justifies_them() {
+        // The primary's slot: restart 200 for confirmed 400. The copy: restart
+        // 100 for confirmed 150. The standby has flushed up to 300.
+        let l = local(true, 100, 150, 10);
+        let r = remote(200, 400, 20);
+        let t = advance_target(&r, &l, &standby(300, 20), true);
+        assert_eq!(
+            (t.restart_lsn, t.confirmed_flush_lsn, t.catalog_xmin),
+            (Lsn(100), Lsn(300), Xid(10)),
+            "a transaction committing between 300 and 400 may have begun before 200"
+        );
+        // Once the standby has flushed 400, the whole position moves together.
+        let t = advance_target(&r, &l, &standby(400, 20), true);
+        assert_eq!(
+            (t.restart_lsn, t.confirmed_flush_lsn, t.catalog_xmin),
+            (Lsn(200), Lsn(400), Xid(20))
+        );
+        // A copy already ahead on confirmed (kept, never moved back) takes the
+        // primary's restart point with it.
+        let ahead = local(true, 100, 450, 10);
+        let t = advance_target(&r, &ahead, &standby(500, 20), true);
+        assert_eq!((t.restart_lsn, t.confirmed_flush_lsn), (Lsn(200), Lsn(450)));
+    }
+
+    fn at(restart: u64, confirmed: u64, xmin: u32) -> Target {
+        Target {
+            restart_lsn: Lsn(restart),
+            confirmed_flush_lsn: Lsn(confirmed),
+            catalog_xmin: Xid(xmin),
+            two_phase: false,
+        }
+    }
+
+    #[test]
+    fn a_write_never_moves_a_copy_back() {
+        // A session advanced confirmed to 500 after the plan read 150.
+        assert_eq!(merge(at(100, 500, 10), at(200, 400, 20)), at(200, 500, 20));
+        // The plan is ahead on everything: taken as it is.
+        assert_eq!(merge(at(100, 150, 10), at(200, 400, 20)), at(200, 400, 20));
+        // The copy's restart point is further on: its pair stays, confirmed is the later.
+        assert_eq!(merge(at(300, 300, 30), at(200, 400, 20)), at(300, 400, 30));
+        // Equal restart points: catalog_xmin never goes back.
+        assert_eq!(merge(at(200, 400, 30), at(200, 400, 20)), at(200, 400, 30));
+        // Across xid wraparound: 5 follows 4_294_967_290.
+        assert_eq!(
+            merge(at(100, 100, 4_294_967_290), at(200, 200, 5)),
+            at(200, 200, 5)
+        );
+        assert_eq!(
+            merge(at(200, 200, 5), at(200, 200, 4_294_967_290)),
+            at(200, 200, 5)
+        );
+        // Two-phase, once on, stays on.
+        let mut two = at(100, 100, 10);
+        two.two_phase = true;
+        assert!(merge(two, at(200, 200, 20)).two_phase);
     }
 
     #[test]

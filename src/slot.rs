@@ -459,15 +459,28 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
     let guard = Acquired::new(name);
     let slot = guard.slot();
     // SAFETY: the slot is acquired by this process; fields under its spinlock.
-    unsafe {
+    // The write is merged with what the slot holds now (plan::merge: nothing
+    // moves back), so a session's advance made since the plan read the copy
+    // is kept.
+    let written = unsafe {
         pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        (*slot).data.restart_lsn = target.restart_lsn.0;
-        (*slot).data.confirmed_flush = target.confirmed_flush_lsn.0;
-        (*slot).data.catalog_xmin = pg_sys::TransactionId::from_inner(target.catalog_xmin.0);
-        if target.two_phase {
-            (*slot).data.two_phase = true;
-        }
+        let d = &mut (*slot).data;
+        let current = Target {
+            restart_lsn: Lsn(d.restart_lsn),
+            confirmed_flush_lsn: Lsn(d.confirmed_flush),
+            catalog_xmin: Xid(d.catalog_xmin.into_inner()),
+            two_phase: d.two_phase,
+        };
+        let merged = crate::plan::merge(current, *target);
+        d.restart_lsn = merged.restart_lsn.0;
+        d.confirmed_flush = merged.confirmed_flush_lsn.0;
+        d.catalog_xmin = pg_sys::TransactionId::from_inner(merged.catalog_xmin.0);
+        d.two_phase = merged.two_phase;
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        merged
+    };
+    // SAFETY: as above.
+    unsafe {
         pg_sys::ReplicationSlotMarkDirty();
         if persist {
             // Marks it persistent and saves it.
@@ -477,7 +490,7 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
         }
         // Only now, with the new positions on disk, let the horizons move.
         pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        (*slot).effective_catalog_xmin = pg_sys::TransactionId::from_inner(target.catalog_xmin.0);
+        (*slot).effective_catalog_xmin = pg_sys::TransactionId::from_inner(written.catalog_xmin.0);
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
         pg_sys::ReplicationSlotsComputeRequiredXmin(false);
         pg_sys::ReplicationSlotsComputeRequiredLSN();
