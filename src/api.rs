@@ -575,6 +575,7 @@ fn sync_logical_slot_wait_for_change(
     });
     let timeout = Duration::from_millis(timeout_ms.max(0) as u64).min(WAIT_FOR_CHANGE_MAX);
     let select = |name: &str, plugin: &str| filter.selects(name, plugin);
+    release_xmin_when_alone();
     let start = Instant::now();
     let mut checked_client = start;
     loop {
@@ -603,6 +604,50 @@ fn sync_logical_slot_wait_for_change(
                 return now;
             }
         }
+    }
+}
+
+/// While it waits, the long poll must not hold back the primary's vacuum
+/// horizon (a standby's worker waits here all the time). The statement's
+/// snapshot is the only thing that would: this backend's `xmin` (what
+/// `pg_stat_activity.backend_xmin` shows) is cleared when nothing can read
+/// with that snapshot any more. That is the case when the call is the whole
+/// statement, `SELECT sync_logical_slot_wait_for_change(...)` with no table
+/// (its plan reads no relation), in a transaction of its own (no cursor or
+/// earlier statement holds a snapshot), as the worker calls it: the function
+/// itself reads only shared memory. Any other use keeps the snapshot, as
+/// every statement does. A snapshot taken later in the transaction sets
+/// `xmin` anew; the transaction's end clears it as usual.
+fn release_xmin_when_alone() {
+    // SAFETY: reads this backend's portal and transaction state; writes this
+    // backend's own PGPROC xmin, which core itself clears without a lock
+    // (SnapshotResetXmin).
+    unsafe {
+        if pg_sys::IsTransactionBlock() || pg_sys::GetCurrentTransactionNestLevel() != 1 {
+            return;
+        }
+        let portal = pg_sys::ActivePortal;
+        if portal.is_null() || (*portal).stmts.is_null() || (*(*portal).stmts).length != 1 {
+            return;
+        }
+        let stmt = (*(*(*portal).stmts).elements).ptr_value as *mut pg_sys::PlannedStmt;
+        if stmt.is_null()
+            || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt
+            || (*stmt).commandType != pg_sys::CmdType::CMD_SELECT
+        {
+            return;
+        }
+        let rtable = (*stmt).rtable;
+        if !rtable.is_null() {
+            for i in 0..(*rtable).length as usize {
+                let rte = (*(*rtable).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
+                if (*rte).rtekind != pg_sys::RTEKind::RTE_RESULT {
+                    return;
+                }
+            }
+        }
+        pg_sys::InvalidateCatalogSnapshot();
+        (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
     }
 }
 
