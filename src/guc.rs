@@ -132,6 +132,7 @@ pub fn init() {
         GucFlags::empty(),
     );
     reserve_prefix();
+    warn_if_standby_slot_names_invalid();
 }
 
 #[cfg(any(feature = "pg15", feature = "pg16"))]
@@ -187,8 +188,12 @@ pub fn drop_extra_slots() -> bool {
     DROP_EXTRA_SLOTS.get()
 }
 
-pub fn standby_slot_names() -> Vec<String> {
-    parse_standby_slot_names(&string_of(&STANDBY_SLOT_NAMES)).unwrap_or_default()
+/// The named standbys' slots, or why the value does not parse: a malformed
+/// value can only come from the configuration file at server start (the
+/// check hook lets it in then, see `check_standby_slot_names`), and then
+/// logical consumers wait rather than go unprotected.
+pub fn standby_slot_names() -> Result<Vec<String>, String> {
+    parse_standby_slot_names(&string_of(&STANDBY_SLOT_NAMES))
 }
 
 pub fn standby_slots_min_confirmed() -> i32 {
@@ -308,13 +313,39 @@ unsafe extern "C-unwind" fn check_slot_names(
     ok
 }
 
+/// Fail closed: at server start (the postmaster loading the library, which
+/// applies the configuration file's value here) a malformed value is let in,
+/// so that it is not replaced by the default (empty: no protection). The
+/// walsenders then hold every consumer and say why (primary/mod.rs). Anywhere
+/// else (a reload, ALTER SYSTEM) it is refused and the old value stays.
 unsafe extern "C-unwind" fn check_standby_slot_names(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: see check_with.
-    unsafe { check_with(newval, |v| parse_standby_slot_names(v).map(|_| ())) }
+    // SAFETY: see check_with; the flag is a postmaster global.
+    unsafe {
+        check_with(newval, |v| parse_standby_slot_names(v).map(|_| ()))
+            || pg_sys::process_shared_preload_libraries_in_progress
+    }
+}
+
+/// At server start: a malformed `standby_slot_names` is kept (fail closed) and
+/// said once, in the postmaster's log.
+fn warn_if_standby_slot_names_invalid() {
+    if let Err(why) = standby_slot_names() {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "invalid value for parameter \"sync_logical_slot.standby_slot_names\": \"{}\"",
+                string_of(&STANDBY_SLOT_NAMES)
+            ),
+            "sync_logical_slot",
+        )
+        .set_detail(format!("{why} Logical consumers receive nothing until the setting is corrected."))
+        .set_hint("Correct sync_logical_slot.standby_slot_names in postgresql.conf (a comma list of physical slot names, or empty) and reload.")
+        .report(pgrx::PgLogLevel::WARNING);
+    }
 }
 
 fn set_check_hint(hint: &str) {

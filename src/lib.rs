@@ -14,7 +14,7 @@ pub mod conninfo; // connection strings: parse, override, redact (pure)
 pub mod error; // SyncError and its SQLSTATEs
 pub mod guc; // settings, check hooks, typed accessors
 pub mod plan; // per-slot decisions (pure)
-pub mod primary; // the walsender wait (standby_slot_names), on the primary
+pub mod primary; // the wait for the standbys (standby_slot_names); hooks in C
 pub mod remote; // the primary connection and the remote slot query
 pub mod slot; // the only file touching ReplicationSlot internals
 pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
@@ -50,11 +50,28 @@ pub extern "C-unwind" fn _PG_init() {
     if binary_upgrade {
         return;
     }
+    no_rust_backtraces();
     guc::init();
     status::init();
     api::init();
     primary::init();
     worker::register();
+}
+
+/// No Rust backtrace in any client's error: pgrx appends one to the DETAIL
+/// of a PostgreSQL error that crossed Rust when `RUST_BACKTRACE` is set in
+/// the server's environment (it is, on some hosts). The standard library
+/// reads the setting once and caches it; with `RUST_LIB_BACKTRACE=0` seen by
+/// that first read, here in the postmaster, every process forked from it
+/// captures none. The environment is left as it was. An explicit
+/// `RUST_LIB_BACKTRACE` (someone debugging on purpose) is respected.
+fn no_rust_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_some() {
+        return;
+    }
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    let _ = std::backtrace::Backtrace::capture();
+    std::env::remove_var("RUST_LIB_BACKTRACE");
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -202,3 +202,79 @@ fn a_quorum_of_one_needs_one_standby() {
     assert!(primary.sql(GET).contains("id[integer]:2 "));
     s1.stop();
 }
+
+/// Fail closed: a malformed `standby_slot_names` at server start does not
+/// turn the protection off. Logical consumers wait and the log says why until
+/// the value is corrected; a reload with a bad value keeps the good one.
+#[test]
+fn a_malformed_value_at_start_holds_consumers_until_corrected() {
+    let dir = TestDir::new("standby_slot_names_fail_closed");
+    let (primary, standby) = setup(&dir);
+    primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
+    let out = dir.path.join("recv.out");
+    primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
+
+    // A typo (a space inside a name) in postgresql.conf, then a restart.
+    let offset = primary.log_offset();
+    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1, Standby 2'");
+    primary.restart();
+    primary.wait_for_log(
+        "invalid value for parameter \"sync_logical_slot.standby_slot_names\": \"standby1, Standby 2\"",
+        offset,
+    );
+    assert!(primary.is_running());
+    assert_eq!(
+        primary.sql("SHOW sync_logical_slot.standby_slot_names"),
+        "standby1, Standby 2",
+        "the malformed value is kept, not replaced by the empty default"
+    );
+    standby.wait_for_catchup(&primary);
+    primary.sql("INSERT INTO t VALUES (1, 'held by a typo')");
+    let mut receiver = Receiver::start(&primary, "recv", &out);
+    let held = primary.try_sql(&format!("SET statement_timeout = '3s'; {GET}"));
+    assert!(
+        held.as_ref()
+            .is_err_and(|e| e.contains("statement timeout")),
+        "a consumer got a change while standby_slot_names was malformed: {held:?}"
+    );
+    primary.wait_for_log(
+        "logical decoding waits: sync_logical_slot.standby_slot_names is invalid",
+        offset,
+    );
+    assert!(
+        inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).is_empty(),
+        "pg_recvlogical got a change while standby_slot_names was malformed"
+    );
+
+    // Corrected and reloaded: both consumers get the row.
+    primary.sql("ALTER SYSTEM SET sync_logical_slot.standby_slot_names = 'standby1'");
+    primary.sql("SELECT pg_reload_conf()");
+    let got = primary.sql(&format!("SET statement_timeout = '60s'; {GET}"));
+    assert!(got.contains("id[integer]:1 "), "{got}");
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&1) {
+        assert!(
+            Instant::now() < deadline && receiver.running(),
+            "pg_recvlogical never got row 1 after the setting was corrected"
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    // A bad value at reload is refused; the good one stays and still protects.
+    let offset = primary.log_offset();
+    primary.sql("ALTER SYSTEM RESET sync_logical_slot.standby_slot_names");
+    primary.append_conf("sync_logical_slot.standby_slot_names = 'Standby 2'");
+    primary.sql("SELECT pg_reload_conf()");
+    primary.wait_for_log(
+        "invalid value for parameter \"sync_logical_slot.standby_slot_names\": \"Standby 2\"",
+        offset,
+    );
+    assert_eq!(
+        primary.sql("SHOW sync_logical_slot.standby_slot_names"),
+        "standby1"
+    );
+    standby.stop();
+    primary.sql("INSERT INTO t VALUES (2, 'standby down')");
+    let held = primary.try_sql(&format!("SET statement_timeout = '2s'; {GET}"));
+    assert!(held.is_err(), "{held:?}");
+}

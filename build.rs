@@ -1,0 +1,30 @@
+//! Compiles the hooks that run in every backend (src/primary/hooks.c) against
+//! the server headers of the PostgreSQL being built for: the same pg_config
+//! that pgrx picks (PGRX_PG_CONFIG_PATH, else cargo-pgrx's config.toml entry
+//! for the enabled `pgNN` feature).
+
+fn main() {
+    let major = ["15", "16"]
+        .into_iter()
+        .find(|m| std::env::var_os(format!("CARGO_FEATURE_PG{m}")).is_some())
+        .expect("build with exactly one of the features pg15, pg16");
+    let pgrx = pgrx_pg_config::Pgrx::from_config().expect("cargo pgrx init has been run");
+    let pg_config = pgrx
+        .get(&format!("pg{major}"))
+        .unwrap_or_else(|e| panic!("no pg_config for PostgreSQL {major}: {e}"));
+    let include = pg_config
+        .includedir_server()
+        .expect("pg_config --includedir-server");
+
+    println!("cargo:rerun-if-changed=src/primary/hooks.c");
+    println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
+    cc::Build::new()
+        .file("src/primary/hooks.c")
+        .include(include)
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-missing-field-initializers")
+        .flag_if_supported("-Wno-sign-compare")
+        .flag_if_supported("-fvisibility=hidden")
+        .warnings(true)
+        .compile("sync_logical_slot_hooks");
+}

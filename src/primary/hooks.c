@@ -1,0 +1,553 @@
+/*
+ * The hooks that sync_logical_slot installs on every server that preloads it.
+ *
+ * They run in every backend and every walsender, so they are written in C:
+ * an ERROR raised by the code they wrap (the executor, the previous hook, the
+ * socket layer) passes through here exactly as core raised it, with every
+ * field (schema, table, column, datatype and constraint names, context,
+ * position, location) and with no Rust frame between the raise and the
+ * catch. Rust is called only for decisions that raise nothing in other
+ * sessions' paths (sls_standbys_state, in src/primary/mod.rs), and only
+ * where the library has work to do: a logical walsender's XLogData message,
+ * or a statement that calls a SQL decoding function.
+ *
+ * What the hooks do (docs/design.md, "The primary-side wait"):
+ * - ClientAuthentication_hook: in a database walsender, wraps PqCommMethods
+ *   so that each XLogData message of a logical slot is held until the
+ *   standbys named in sync_logical_slot.standby_slot_names have flushed the
+ *   WAL it comes from;
+ * - ExecutorRun_hook: before a statement that calls a SQL decoding function
+ *   runs, waits until the standbys have flushed all WAL there is;
+ * - a SIGUSR1 wrapper in walsenders that notices the one procsignal that asks
+ *   a walsender to stop (PROCSIG_WALSND_INIT_STOPPING, sent by the
+ *   checkpointer at shutdown), and nothing else.
+ */
+#define _GNU_SOURCE				/* POLLRDHUP */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "executor/executor.h"
+#include "libpq/auth.h"
+#include "libpq/libpq.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "nodes/nodes.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/interrupt.h"
+#include "replication/slot.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procsignal.h"
+#include "storage/shmem.h"
+#include "utils/fmgrtab.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 170000
+#error "sync_logical_slot's hooks are written for PostgreSQL 15 and 16"
+#endif
+
+/* Answers of sls_standbys_state (src/primary/mod.rs). */
+#define SLS_UNCHECKED 0			/* nothing to wait for now */
+#define SLS_CONFIRMED 1			/* enough standbys have flushed the LSN */
+#define SLS_WAIT 2				/* not yet */
+
+#define SLS_WAITER_WALSENDER 0
+#define SLS_WAITER_SQL 1
+
+/* Rust: the decision, from shared memory and the settings; raises nothing. */
+extern int	sls_standbys_state(uint64 lsn, int waiter);
+/* Rust: logs once that the stop request cannot be told apart (see below). */
+extern void sls_warn_stop_detection(void);
+
+void		sls_install_hooks(void);
+
+static ClientAuthentication_hook_type prev_client_auth = NULL;
+static ExecutorRun_hook_type prev_executor_run = NULL;
+
+/* ---------------------------------------------------------------- stop request */
+
+/*
+ * procsignal.c's private slot layout, the same in PostgreSQL 15 and 16. The
+ * walsender's SIGUSR1 handler reads and clears the flags, so the one flag
+ * that means "stop" can only be seen just before that handler runs. The
+ * layout is checked once per walsender (the slot must carry our pid);
+ * pss_barrierCV and the fields after the flags are never read.
+ */
+typedef struct
+{
+	volatile pid_t pss_pid;
+	volatile sig_atomic_t pss_signalFlags[NUM_PROCSIGNALS];
+	pg_atomic_uint64 pss_barrierGeneration;
+	pg_atomic_uint32 pss_barrierCheckMask;
+	ConditionVariable pss_barrierCV;
+} SlsProcSignalSlot;
+
+typedef struct
+{
+	pg_atomic_uint64 psh_barrierGeneration;
+	SlsProcSignalSlot psh_slot[FLEXIBLE_ARRAY_MEMBER];
+} SlsProcSignalHeader;
+
+static volatile SlsProcSignalSlot *my_procsignal_slot = NULL;
+static pqsigfunc prev_sigusr1 = NULL;
+static bool watching_sigusr1 = false;
+/* Set by the SIGUSR1 wrapper; never cleared: a stop request is final. */
+static volatile sig_atomic_t stop_requested = false;
+/* The slot layout could not be verified: any SIGUSR1 counts as a stop. */
+static bool stop_detection_blind = false;
+
+static void
+sls_sigusr1(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (my_procsignal_slot == NULL ||
+		my_procsignal_slot->pss_signalFlags[PROCSIG_WALSND_INIT_STOPPING])
+		stop_requested = true;
+	errno = save_errno;
+	if (prev_sigusr1 != NULL && prev_sigusr1 != (pqsigfunc) SIG_IGN &&
+		prev_sigusr1 != (pqsigfunc) SIG_DFL)
+		prev_sigusr1(postgres_signal_arg);
+}
+
+/*
+ * Finds this walsender's procsignal slot and wraps its SIGUSR1 handler.
+ * Called from the first message the walsender sends (its first
+ * ReadyForQuery), after the walsender installed its own handlers and before
+ * it runs any replication command.
+ */
+static void
+watch_sigusr1(void)
+{
+	bool		found;
+	SlsProcSignalHeader *header;
+
+	if (watching_sigusr1)
+		return;
+	watching_sigusr1 = true;
+
+	header = (SlsProcSignalHeader *) ShmemInitStruct("ProcSignal", ProcSignalShmemSize(), &found);
+	if (found && MyBackendId >= 1 && MyBackendId <= MaxBackends + NUM_AUXPROCTYPES &&
+		header->psh_slot[MyBackendId - 1].pss_pid == MyProcPid)
+		my_procsignal_slot = &header->psh_slot[MyBackendId - 1];
+	else
+	{
+		stop_detection_blind = true;
+		sls_warn_stop_detection();
+	}
+	prev_sigusr1 = pqsignal(SIGUSR1, sls_sigusr1);
+}
+
+/* ---------------------------------------------------------------- waiting */
+
+/* The methods of this walsender before we wrapped them. */
+static const PQcommMethods *original_methods = NULL;
+
+/*
+ * While held, the walsender's own loop sends no keepalives: send one a second
+ * (walEnd = the end of the last record fully decoded, all of which was sent:
+ * safe for the client to confirm), so that the client's wal_receiver_timeout
+ * does not end a connection that is only waiting.
+ */
+static void
+send_keepalive(void)
+{
+	char		msg[1 + 8 + 8 + 1];
+	uint64		n;
+
+	if (original_methods == NULL || MyWalSnd == NULL)
+		return;
+	msg[0] = 'k';
+	n = pg_hton64((uint64) MyWalSnd->sentPtr);
+	memcpy(&msg[1], &n, 8);
+	n = pg_hton64((uint64) GetCurrentTimestamp());
+	memcpy(&msg[9], &n, 8);
+	msg[17] = 0;
+	original_methods->putmessage_noblock('d', msg, sizeof(msg));
+	original_methods->flush_if_writable();
+}
+
+/*
+ * A held walsender does not read from its client: notice when the client has
+ * gone (the peer closed: POLLRDHUP, even with unread status messages queued),
+ * so that the slot is freed for the consumer's next connection.
+ */
+static void
+exit_if_client_gone(void)
+{
+	struct pollfd fd;
+
+	if (MyProcPort == NULL || MyProcPort->sock == PGINVALID_SOCKET)
+		return;
+	fd.fd = MyProcPort->sock;
+	fd.events = POLLRDHUP;
+	fd.revents = 0;
+	if (poll(&fd, 1, 0) > 0 && (fd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("client went away while its walsender waited for the standbys (sync_logical_slot.standby_slot_names)")));
+}
+
+/*
+ * At shutdown the checkpointer asks walsenders to stop and waits for them,
+ * without a timeout, before its shutdown checkpoint. A held walsender cannot
+ * get there, so it ends instead, having sent nothing the standbys lack.
+ */
+static void
+exit_if_asked_to_stop(void)
+{
+	if (stop_requested)
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("walsender stops while it waits for the standbys (sync_logical_slot.standby_slot_names)"),
+				 errdetail("The server is shutting down; this walsender has sent nothing the standbys lack.")));
+}
+
+/*
+ * Waits until enough of the named standbys have flushed lsn. Returns true
+ * when they have, false when nothing was checked (no standby named, this
+ * server in recovery, a walsender of a named slot). Honours interrupts
+ * (cancel, terminate, barriers), reloads the configuration when asked, and
+ * in a walsender notices its client leaving and a shutdown.
+ */
+static bool
+wait_for_standbys(XLogRecPtr lsn, int waiter)
+{
+	long		delay_us = 200;
+	TimestampTz last_keepalive = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		int			state = sls_standbys_state((uint64) lsn, waiter);
+
+		if (state != SLS_WAIT)
+			return state == SLS_CONFIRMED;
+
+		if (waiter == SLS_WAITER_WALSENDER)
+		{
+			TimestampTz now;
+
+			exit_if_client_gone();
+			exit_if_asked_to_stop();
+			now = GetCurrentTimestamp();
+			if (TimestampDifferenceExceeds(last_keepalive, now, 1000))
+			{
+				send_keepalive();
+				last_keepalive = now;
+			}
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(delay_us / 1000, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		delay_us = Min(delay_us * 2, 10000);
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			/* As the walsender's own loops do: a changed setting may release us. */
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (am_walsender)
+				SyncRepInitConfig();
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- walsenders */
+
+/*
+ * The end of the WAL record that starts at (or, past a page header, just
+ * after) start, read from its segment file: the walsender decodes it now, so
+ * its segment is on disk and kept by the slot. InvalidXLogRecPtr when it
+ * cannot be told (the segment is under another timeline's name, the page is
+ * not the one expected): the caller then waits for everything flushed.
+ */
+static int	segment_fd = -1;
+static XLogSegNo segment_no = 0;
+static TimeLineID segment_tli = 0;
+
+static bool
+read_wal(XLogRecPtr at, void *buf, Size len)
+{
+	XLogSegNo	segno;
+	TimeLineID	tli = GetWALInsertionTimeLine();
+
+	XLByteToSeg(at, segno, wal_segment_size);
+	if (segment_fd < 0 || segno != segment_no || tli != segment_tli)
+	{
+		char		path[MAXPGPATH];
+		char		fname[MAXFNAMELEN];
+
+		if (segment_fd >= 0)
+			close(segment_fd);
+		XLogFileName(fname, tli, segno, wal_segment_size);
+		snprintf(path, sizeof(path), XLOGDIR "/%s", fname);
+		segment_fd = open(path, O_RDONLY | PG_BINARY, 0);
+		segment_no = segno;
+		segment_tli = tli;
+		if (segment_fd < 0)
+			return false;
+	}
+	return pg_pread(segment_fd, buf, len, XLogSegmentOffset(at, wal_segment_size)) == (ssize_t) len;
+}
+
+static XLogRecPtr
+record_end(XLogRecPtr start)
+{
+	XLogRecPtr	pos = start;
+	XLogRecPtr	page = start - start % XLOG_BLCKSZ;
+	XLogPageHeaderData header;
+	uint32		total;
+	uint32		left;
+
+	if (pos % XLOG_BLCKSZ == 0)
+		pos += XLogSegmentOffset(pos, wal_segment_size) == 0 ? SizeOfXLogLongPHD : SizeOfXLogShortPHD;
+	/* The page must be this position's, and start must not be inside a record's continuation. */
+	if (!read_wal(page, &header, sizeof(header)) ||
+		header.xlp_magic != XLOG_PAGE_MAGIC || header.xlp_pageaddr != page ||
+		((header.xlp_info & XLP_FIRST_IS_CONTRECORD) &&
+		 pos < page + XLogPageHeaderSize(&header) + MAXALIGN(header.xlp_rem_len)))
+		return InvalidXLogRecPtr;
+	/* A record starts MAXALIGNed, so its first field, xl_tot_len, is on this page. */
+	if (!read_wal(pos, &total, sizeof(total)) || total < SizeOfXLogRecord)
+		return InvalidXLogRecPtr;
+	/* As the WAL reader computes EndRecPtr: page headers in between, last part MAXALIGNed. */
+	left = total;
+	for (;;)
+	{
+		uint32		room = XLOG_BLCKSZ - pos % XLOG_BLCKSZ;
+
+		if (left <= room)
+			return pos + MAXALIGN(left);
+		left -= room;
+		pos += room;
+		pos += XLogSegmentOffset(pos, wal_segment_size) == 0 ? SizeOfXLogLongPHD : SizeOfXLogShortPHD;
+	}
+}
+
+/*
+ * What this walsender last proved: the standbys have flushed the whole record
+ * that starts at covered_start (MyWalSnd->sentPtr while it is decoded).
+ */
+static XLogRecPtr covered_start = InvalidXLogRecPtr;
+
+/*
+ * Holds an XLogData message until the standbys have the WAL it comes from. A
+ * message's own LSN is not enough: a transaction's BEGIN and changes carry
+ * earlier positions than its COMMIT, and a consumer such as pg_recvlogical
+ * writes them out as they come. Every message sent while the walsender
+ * decodes one record comes from WAL up to that record's end; the record
+ * starts at MyWalSnd->sentPtr (the end of the last record it finished), so
+ * its first message waits for the record's end, and the record's other
+ * messages pass. A record the standbys already have passes at once: under
+ * load the walsender streams behind the standbys' flush, one round trip
+ * late, without waiting per transaction.
+ */
+static void
+hold_xlogdata(XLogRecPtr lsn)
+{
+	XLogRecPtr	start;
+	XLogRecPtr	target;
+
+	/*
+	 * Only while a logical slot streams: the same connection also runs SQL
+	 * and COPY (a table sync's rows are 'd' messages too, and one that starts
+	 * with 'w' is not XLogData).
+	 */
+	if (MyWalSnd == NULL || MyReplicationSlot == NULL ||
+		!SlotIsLogical(MyReplicationSlot) ||
+		!(MyWalSnd->state == WALSNDSTATE_CATCHUP ||
+		  MyWalSnd->state == WALSNDSTATE_STREAMING ||
+		  MyWalSnd->state == WALSNDSTATE_STOPPING))
+		return;
+
+	start = MyWalSnd->sentPtr;
+	if (start == covered_start)
+		return;
+
+	/*
+	 * MyWalSnd->sentPtr is where the walsender reads its next record (at
+	 * START_REPLICATION, the slot's restart_lsn, where decoding begins). If the
+	 * record's end cannot be told, wait for all WAL flushed, which holds it.
+	 */
+	target = record_end(start);
+	if (target == InvalidXLogRecPtr || target < lsn || target > GetFlushRecPtr(NULL))
+		target = Max(lsn, GetFlushRecPtr(NULL));
+	if (wait_for_standbys(target, SLS_WAITER_WALSENDER))
+		covered_start = start;
+}
+
+static void
+xlogdata_message(char msgtype, const char *s, size_t len)
+{
+	if (!watching_sigusr1)
+		watch_sigusr1();
+	if (msgtype == 'd' && len >= 1 + 8 && s[0] == 'w')
+	{
+		uint64		lsn;
+
+		memcpy(&lsn, &s[1], sizeof(lsn));
+		hold_xlogdata((XLogRecPtr) pg_ntoh64(lsn));
+	}
+}
+
+static void
+sls_comm_reset(void)
+{
+	original_methods->comm_reset();
+}
+
+static int
+sls_flush(void)
+{
+	return original_methods->flush();
+}
+
+static int
+sls_flush_if_writable(void)
+{
+	return original_methods->flush_if_writable();
+}
+
+static bool
+sls_is_send_pending(void)
+{
+	return original_methods->is_send_pending();
+}
+
+static int
+sls_putmessage(char msgtype, const char *s, size_t len)
+{
+	xlogdata_message(msgtype, s, len);
+	return original_methods->putmessage(msgtype, s, len);
+}
+
+static void
+sls_putmessage_noblock(char msgtype, const char *s, size_t len)
+{
+	xlogdata_message(msgtype, s, len);
+	original_methods->putmessage_noblock(msgtype, s, len);
+}
+
+static const PQcommMethods sls_methods = {
+	sls_comm_reset,
+	sls_flush,
+	sls_flush_if_writable,
+	sls_is_send_pending,
+	sls_putmessage,
+	sls_putmessage_noblock
+};
+
+static void
+sls_client_authentication(Port *port, int status)
+{
+	if (prev_client_auth)
+		prev_client_auth(port, status);
+	if (status == STATUS_OK && am_db_walsender && original_methods == NULL)
+	{
+		original_methods = PqCommMethods;
+		PqCommMethods = &sls_methods;
+	}
+}
+
+/* ---------------------------------------------------------------- SQL decoding */
+
+/*
+ * Whether a statement calls one of the SQL decoding functions: a cheap look
+ * at its text first (the functions' names), then its plan (FuncExpr OIDs of
+ * the built-in functions, which bypass fmgr_hook).
+ */
+static bool
+uses_decoding_functions(QueryDesc *qd)
+{
+	static Oid	oids[4];
+	static bool have_oids = false;
+	const char *text;
+	const char *p;
+	char	   *plan;
+	bool		found = false;
+
+	if (qd == NULL || qd->sourceText == NULL || qd->plannedstmt == NULL)
+		return false;
+	text = qd->sourceText;
+	for (p = text; *p; p++)
+		if (pg_strncasecmp(p, "logical_slot_", 13) == 0)
+			break;
+	if (*p == '\0')
+		return false;
+
+	if (!have_oids)
+	{
+		oids[0] = fmgr_internal_function("pg_logical_slot_get_changes");
+		oids[1] = fmgr_internal_function("pg_logical_slot_peek_changes");
+		oids[2] = fmgr_internal_function("pg_logical_slot_get_binary_changes");
+		oids[3] = fmgr_internal_function("pg_logical_slot_peek_binary_changes");
+		have_oids = true;
+	}
+	plan = nodeToString(qd->plannedstmt);
+	for (int i = 0; i < 4 && !found; i++)
+	{
+		char		needle[32];
+
+		snprintf(needle, sizeof(needle), ":funcid %u ", oids[i]);
+		found = strstr(plan, needle) != NULL;
+	}
+	pfree(plan);
+	return found;
+}
+
+/*
+ * Before the decoding function consumes anything (a cancelled wait loses
+ * nothing): the function reads the end of WAL when it starts, so wait again
+ * for what was flushed during the wait, until a wait ends with nothing new
+ * (bounded: under a steady load the last round's WAL, milliseconds of it,
+ * stays uncovered).
+ */
+static void
+wait_before_sql_decoding(void)
+{
+	for (int round = 0; round < 100; round++)
+	{
+		XLogRecPtr	flushed = GetFlushRecPtr(NULL);
+
+		if (!wait_for_standbys(flushed, SLS_WAITER_SQL) || GetFlushRecPtr(NULL) == flushed)
+			break;
+	}
+}
+
+static void
+sls_executor_run(QueryDesc *qd, ScanDirection direction, uint64 count, bool execute_once)
+{
+	if (!RecoveryInProgress() && uses_decoding_functions(qd))
+		wait_before_sql_decoding();
+	if (prev_executor_run)
+		prev_executor_run(qd, direction, count, execute_once);
+	else
+		standard_ExecutorRun(qd, direction, count, execute_once);
+}
+
+/* ---------------------------------------------------------------- install */
+
+/* From _PG_init, in the postmaster, once. */
+void
+sls_install_hooks(void)
+{
+	prev_client_auth = ClientAuthentication_hook;
+	ClientAuthentication_hook = sls_client_authentication;
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = sls_executor_run;
+}
