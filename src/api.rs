@@ -261,6 +261,127 @@ fn option_list(present: &[String], wanted: &[(&str, &str)], drop: &[&str]) -> St
     items.join(", ")
 }
 
+/// `CREATE USER MAPPING` (when `present` is None) or `ALTER USER MAPPING` for
+/// `role` on master_fdw with these options, built as a parse tree and run
+/// through `ProcessUtility` (so event triggers and utility hooks see it as
+/// usual) with a statement text that names the options but holds none of
+/// their values: the password is in no statement that a log, an audit hook
+/// or pg_stat_statements can see. Only the caller's own statement holds it.
+fn upsert_user_mapping(
+    role: &str,
+    present: Option<Vec<Option<String>>>,
+    wanted: &[(&str, &str)],
+    drop: &[&str],
+) {
+    let present: Option<Vec<String>> = present.map(|o| o.into_iter().flatten().collect());
+    let has = |k: &str| {
+        present.as_ref().is_some_and(|p| {
+            p.iter()
+                .any(|o| o.split_once('=').map(|(a, _)| a) == Some(k))
+        })
+    };
+    let mut words = Vec::new();
+    let cstr = |v: &str| -> *mut std::ffi::c_char {
+        let c = std::ffi::CString::new(v).expect("options were checked for NUL bytes");
+        // SAFETY: pstrdup copies into the current memory context.
+        unsafe { pg_sys::pstrdup(c.as_ptr()) }
+    };
+    // SAFETY: nodes built in the current memory context, as the parser
+    // would build them, and handed to ProcessUtility as a utility statement.
+    unsafe {
+        let mut options: *mut pg_sys::List = std::ptr::null_mut();
+        for (k, v) in wanted {
+            let action = match (&present, has(k)) {
+                (None, _) => pg_sys::DefElemAction::DEFELEM_UNSPEC,
+                (Some(_), true) => pg_sys::DefElemAction::DEFELEM_SET,
+                (Some(_), false) => pg_sys::DefElemAction::DEFELEM_ADD,
+            };
+            words.push(match action {
+                pg_sys::DefElemAction::DEFELEM_SET => format!("SET {k}"),
+                pg_sys::DefElemAction::DEFELEM_ADD => format!("ADD {k}"),
+                _ => k.to_string(),
+            });
+            let def = pg_sys::makeDefElemExtended(
+                std::ptr::null_mut(),
+                cstr(k),
+                pg_sys::makeString(cstr(v)).cast(),
+                action,
+                -1,
+            );
+            options = pg_sys::lappend(options, def.cast());
+        }
+        for k in drop.iter().filter(|k| has(k)) {
+            words.push(format!("DROP {k}"));
+            let def = pg_sys::makeDefElemExtended(
+                std::ptr::null_mut(),
+                cstr(k),
+                std::ptr::null_mut(),
+                pg_sys::DefElemAction::DEFELEM_DROP,
+                -1,
+            );
+            options = pg_sys::lappend(options, def.cast());
+        }
+        let user =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::RoleSpec>()) as *mut pg_sys::RoleSpec;
+        (*user).type_ = pg_sys::NodeTag::T_RoleSpec;
+        (*user).roletype = pg_sys::RoleSpecType::ROLESPEC_CSTRING;
+        (*user).rolename = cstr(role);
+        (*user).location = -1;
+        let (node, verb): (*mut pg_sys::Node, &str) = if present.is_none() {
+            let stmt = pg_sys::palloc0(std::mem::size_of::<pg_sys::CreateUserMappingStmt>())
+                as *mut pg_sys::CreateUserMappingStmt;
+            (*stmt).type_ = pg_sys::NodeTag::T_CreateUserMappingStmt;
+            (*stmt).user = user;
+            (*stmt).servername = cstr(FOREIGN_SERVER);
+            (*stmt).options = options;
+            (stmt.cast(), "CREATE")
+        } else {
+            let stmt = pg_sys::palloc0(std::mem::size_of::<pg_sys::AlterUserMappingStmt>())
+                as *mut pg_sys::AlterUserMappingStmt;
+            (*stmt).type_ = pg_sys::NodeTag::T_AlterUserMappingStmt;
+            (*stmt).user = user;
+            (*stmt).servername = cstr(FOREIGN_SERVER);
+            (*stmt).options = options;
+            (stmt.cast(), "ALTER")
+        };
+        if options.is_null() {
+            return;
+        }
+        let text = format!(
+            "{verb} USER MAPPING FOR {} SERVER {FOREIGN_SERVER} OPTIONS ({})",
+            pgrx::spi::quote_identifier(role),
+            words.join(", ")
+        );
+        let pstmt =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannedStmt>()) as *mut pg_sys::PlannedStmt;
+        (*pstmt).type_ = pg_sys::NodeTag::T_PlannedStmt;
+        (*pstmt).commandType = pg_sys::CmdType::CMD_UTILITY;
+        (*pstmt).canSetTag = true;
+        (*pstmt).utilityStmt = node;
+        (*pstmt).stmt_location = -1;
+        (*pstmt).stmt_len = 0;
+        // As parse analysis would give it one: statistics (pg_stat_statements)
+        // record the statement, under its text without values.
+        (*pstmt).queryId = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            h.finish().max(1)
+        };
+        pg_sys::ProcessUtility(
+            pstmt,
+            cstr(&text),
+            false,
+            pg_sys::ProcessUtilityContext::PROCESS_UTILITY_QUERY,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            pg_sys::None_Receiver,
+            std::ptr::null_mut(),
+        );
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
 /// Creates (or updates) the foreign server master_fdw and the user mapping
 /// the standby's worker uses, and returns the postgresql.conf lines to add.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -335,26 +456,12 @@ fn failover_logical_slot_init(
     if !args.password.is_empty() {
         mapping.push(("password", args.password.as_str()));
     }
-    let role_ident = pgrx::spi::quote_identifier(&role);
     let drop: &[&str] = if args.password.is_empty() {
         &["password"]
     } else {
         &[]
     };
-    upsert_options(
-        &format!("CREATE USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER}"),
-        &format!("ALTER USER MAPPING FOR {role_ident} SERVER {FOREIGN_SERVER}"),
-        mapping_options,
-        &mapping,
-        drop,
-    )
-    .unwrap_or_else(|_| {
-        fail(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("could not set up the user mapping for foreign server \"{FOREIGN_SERVER}\""),
-            None,
-        )
-    });
+    upsert_user_mapping(&role, mapping_options, &mapping, drop);
 
     let database: String = Spi::get_one("SELECT current_database()::text")
         .ok()
