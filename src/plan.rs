@@ -106,6 +106,8 @@ pub enum Action {
     Recreate { reason: String },
     /// The slot cannot be synced; the copy (if any) is left as it is.
     Skip { state: State, reason: String },
+    /// The slot cannot be synced, and our copy of it is of no use: drop it.
+    Drop { state: State, reason: String },
 }
 
 /// Whether a copy at `target` is ready for a failover (DESIGN.md invariants 1-3).
@@ -140,9 +142,22 @@ pub fn plan(
     snapshot_held: bool,
 ) -> Action {
     if remote.is_invalidated() {
-        return Action::Skip {
-            state: State::Invalidated,
-            reason: "the slot is invalidated on the primary".into(),
+        // Its consumer cannot go on from it on the primary either. A copy of
+        // ours would only pin the standby's WAL and catalog rows for ever.
+        return match local {
+            Some(l) if l.ours => Action::Drop {
+                state: State::Invalidated,
+                reason: "the slot is invalidated on the primary; its copy is dropped, so that it holds no WAL or catalog rows on this standby".into(),
+            },
+            Some(_) => Action::Skip {
+                state: State::Invalidated,
+                reason: "the slot is invalidated on the primary".into(),
+            },
+            None => Action::Skip {
+                state: State::Invalidated,
+                reason: "the slot is invalidated on the primary; this standby keeps no copy of it"
+                    .into(),
+            },
         };
     }
     if !database_exists {
@@ -389,6 +404,25 @@ mod tests {
         r.wal_status = "lost".into();
         assert!(matches!(
             plan(&r, None, &standby(300, 10), true, true),
+            Action::Skip {
+                state: State::Invalidated,
+                ..
+            }
+        ));
+        // Our copy of it is dropped (it would pin the standby's WAL); a slot
+        // of this name that is not ours is left alone.
+        let ours = local(true, 100, 200, 10);
+        assert!(matches!(
+            plan(&r, Some(&ours), &standby(300, 10), true, true),
+            Action::Drop {
+                state: State::Invalidated,
+                ..
+            }
+        ));
+        let mut foreign = ours.clone();
+        foreign.ours = false;
+        assert!(matches!(
+            plan(&r, Some(&foreign), &standby(300, 10), true, true),
             Action::Skip {
                 state: State::Invalidated,
                 ..

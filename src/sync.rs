@@ -161,7 +161,7 @@ impl Syncer {
                 remote_catalog_xmin: r.catalog_xmin,
                 local: outcome.local,
                 last_sync_at: self.last_synced.get(&r.name).copied().unwrap_or(0),
-                last_error: (outcome.state == State::Error)
+                last_error: matches!(outcome.state, State::Error | State::Invalidated)
                     .then(|| outcome.reason.clone())
                     .flatten(),
             });
@@ -434,6 +434,19 @@ fn apply(
             reason: Some(reason),
             local: local.map(positions),
         }),
+        Action::Drop { state, reason } => {
+            log(
+                &format!("dropped the copy of replication slot \"{}\"", remote.name),
+                Some(format!("{}.", capitalize(&reason))),
+            );
+            slot::drop_slot(&remote.name);
+            counts.dropped += 1;
+            Ok(Outcome {
+                state,
+                reason: Some(reason),
+                local: None,
+            })
+        }
         Action::Create | Action::Recreate { .. } => Err(SyncError::Internal(format!(
             "replication slot \"{}\" was planned for creation twice in one pass",
             remote.name

@@ -1,10 +1,13 @@
-//! # A slot invalidated on the primary is reported, and stalls no other slot
+//! # A slot invalidated on the primary is reported, its copy released, and it stalls no other slot
 //!
 //! ```text
 //!  primary (max_slot_wal_keep_size = 32MB)   --streaming-->  standby1
-//!    doomed: consumed once, then never: its WAL is removed    copy: state invalidated, not advanced
+//!    doomed: consumed once, then never: its WAL is removed    copy: dropped, state invalidated
 //!    active: consumed all along                                copy: synced, follows
 //! ```
+//! The copy of the invalidated slot would pin the standby's WAL for ever
+//! (its consumer cannot go on from it anyway): it is dropped, and the
+//! standby's restartpoints remove the WAL it held.
 
 mod common;
 use common::*;
@@ -31,9 +34,8 @@ fn invalidated_slot_is_reported_and_others_go_on() {
     primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('active', NULL, NULL)");
     wait_for_copy(&standby, &primary, "doomed");
     wait_for_copy(&standby, &primary, "active");
-    let doomed_copy = standby.sql(
-        "SELECT restart_lsn || '|' || confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'doomed'",
-    );
+    let doomed_restart =
+        standby.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'doomed'");
 
     // Push WAL past doomed's reservation, a segment switch a round; active
     // keeps being consumed (each CHECKPOINT logs the running-xacts record
@@ -65,11 +67,41 @@ fn invalidated_slot_is_reported_and_others_go_on() {
         standby.sql("SELECT state, ready FROM sync_logical_slot_status ORDER BY slot_name"),
         "synced|t\ninvalidated|f"
     );
-    // The copy of the invalidated slot is left where it was.
+    // The copy of the invalidated slot is gone, and the view says why.
     assert_eq!(
-        standby.sql(
-            "SELECT restart_lsn || '|' || confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'doomed'"
-        ),
-        doomed_copy
+        standby.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'doomed'"),
+        "0"
     );
+    standby.wait_for_log("dropped the copy of replication slot \"doomed\"", offset);
+    assert!(
+        standby
+            .sql("SELECT last_error FROM sync_logical_slot_status WHERE slot_name = 'doomed'")
+            .contains("invalidated on the primary"),
+        "{}",
+        standby.sql("SELECT * FROM sync_logical_slot_status")
+    );
+    // So the standby's WAL no longer stays from doomed's restart_lsn on: after
+    // more WAL and restartpoints, its oldest segment is past that position.
+    let oldest_segment = "SELECT min(('x' || substr(name, 9, 8))::bit(32)::bigint * 256
+                                  + ('x' || substr(name, 17, 8))::bit(32)::bigint)
+                            FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
+    let doomed_segment =
+        format!("SELECT (('{doomed_restart}'::pg_lsn - '0/0') / 16777216)::bigint");
+    let doomed_segment: i64 = standby.sql(&doomed_segment).parse().unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        primary.sql("INSERT INTO t VALUES (200, 'z') ON CONFLICT DO NOTHING");
+        primary.sql("SELECT pg_switch_wal()");
+        primary.sql("CHECKPOINT");
+        standby.wait_for_catchup(&primary);
+        standby.sql("CHECKPOINT");
+        let oldest: i64 = standby.sql(oldest_segment).parse().unwrap();
+        if oldest > doomed_segment {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby still keeps WAL from segment {oldest} (doomed's copy restarted in {doomed_segment})"
+        );
+    }
 }
