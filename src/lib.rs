@@ -269,6 +269,53 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
     }
 
+    /// Creates a copy the way the worker does, with an ERROR injected right
+    /// after the slot is created and marked.
+    #[pg_extern]
+    fn create_copy_with_fault(name: &str) {
+        crate::slot::FAIL_AFTER_MARK.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: this backend's database.
+        let database = unsafe { pgrx::pg_sys::MyDatabaseId };
+        let _ = crate::slot::create_temporary(name, database, "test_decoding", false);
+    }
+
+    #[pg_test]
+    fn an_error_while_creating_a_copy_leaves_no_unmarked_slot() {
+        define_sqlstate_of();
+        assert_eq!(
+            sqlstate_of("SELECT tests.create_copy_with_fault('half_made')"),
+            "XX000"
+        );
+        // The half-made copy exists (temporary, held by this backend until it
+        // ends) and is marked ours, so the next pass re-creates it (plan.rs:
+        // a temporary copy without its reservations) rather than taking it
+        // for another's slot.
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT temporary FROM pg_replication_slots WHERE slot_name = 'half_made'"
+            )
+            .unwrap(),
+            Some(true)
+        );
+        assert!(crate::slot::is_ours("half_made"));
+        let half = crate::slot::local_logical_slots()
+            .into_iter()
+            .find(|l| l.name == "half_made")
+            .expect("the half-made copy");
+        assert!(
+            half.restart_lsn == crate::types::Lsn(0) || !half.catalog_xmin.is_valid(),
+            "{half:?}"
+        );
+        crate::slot::drop_slot("half_made");
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'half_made'"
+            )
+            .unwrap(),
+            Some(0)
+        );
+    }
+
     #[pg_test]
     fn internal_lock_indexes_name_the_right_locks() {
         // slot.rs reaches these C macros by index into MainLWLockArray.

@@ -198,6 +198,11 @@ pub fn plan(
             reason: "the copy was invalidated on this standby".into(),
         };
     }
+    if !local.persistent && (local.restart_lsn == Lsn(0) || !local.catalog_xmin.is_valid()) {
+        return Action::Recreate {
+            reason: "the copy was left half-made by an error while it was created (it reserves no WAL or catalog rows)".into(),
+        };
+    }
     if local.plugin != remote.plugin || local.database != remote.database {
         return Action::Recreate {
             reason: "the slot was re-created on the primary with another plugin or database".into(),
@@ -396,6 +401,25 @@ mod tests {
             plan(&remote(100, 200, 10), None, &standby(300, 10), true, true),
             Action::Create
         );
+    }
+
+    #[test]
+    fn a_half_made_temporary_copy_is_recreated() {
+        for half in [local(false, 0, 0, 10), local(false, 100, 100, 0)] {
+            assert!(
+                matches!(
+                    plan(
+                        &remote(100, 200, 10),
+                        Some(&half),
+                        &standby(300, 10),
+                        true,
+                        true
+                    ),
+                    Action::Recreate { .. }
+                ),
+                "{half:?}"
+            );
+        }
     }
 
     #[test]

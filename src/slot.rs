@@ -374,6 +374,20 @@ pub fn create_temporary(
         create_slot(&c, two_phase);
         Acquired
     };
+    // Marked ours at once (ReplicationSlotCreate made its directory): should
+    // anything below raise an ERROR, the half-made copy is still ours, so the
+    // next pass re-creates it (plan: a temporary copy without its
+    // reservations) instead of taking it for someone else's slot for ever.
+    if let Err(e) = mark_ours(name) {
+        drop(guard);
+        // Unmarked, it would never be ours to drop: give it up now.
+        drop_slot(name);
+        return Err(e);
+    }
+    #[cfg(feature = "pg_test")]
+    if FAIL_AFTER_MARK.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        pgrx::error!("injected fault after creating the copy of \"{name}\"");
+    }
     let slot = guard.slot();
     // SAFETY: the slot is ours and acquired. Fields are written under its
     // spinlock; the catalog_xmin reservation under ProcArrayLock, as core's
@@ -409,13 +423,14 @@ pub fn create_temporary(
     // SAFETY: reading the slot we hold.
     let local = unsafe { snapshot_of(slot) };
     drop(guard);
-    if let Err(e) = mark_ours(name) {
-        // Unmarked, it would never be ours to drop: give it up now.
-        drop_slot(name);
-        return Err(e);
-    }
     Ok(local)
 }
+
+/// Fault injection for a pg_test: the next `create_temporary` raises an
+/// ERROR right after the copy is created and marked.
+#[cfg(feature = "pg_test")]
+pub static FAIL_AFTER_MARK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(feature = "pg13")]
 unsafe fn create_slot(name: &CStr, _two_phase: bool) {
