@@ -22,9 +22,9 @@ use crate::types::Lsn;
 fn sync_logical_slot_status_rows() -> TableIterator<
     'static,
     (
-        name!(slot_name, String),
-        name!(database, String),
-        name!(plugin, String),
+        name!(slot_name, Option<String>),
+        name!(database, Option<String>),
+        name!(plugin, Option<String>),
         name!(state, String),
         name!(ready, bool),
         name!(remote_restart_lsn, Option<String>),
@@ -40,9 +40,29 @@ fn sync_logical_slot_status_rows() -> TableIterator<
 > {
     let lsn = |l: crate::types::Lsn| l.is_valid().then(|| l.to_string());
     let xid = |x: crate::types::Xid| x.is_valid().then(|| x.to_string());
-    let rows: Vec<_> = status::read()
+    // A worker that cannot run at all (its database does not exist) says so
+    // in a row of its own, with no slot name.
+    let worker_row = status::worker_error().map(|why| {
+        (
+            None,
+            None,
+            None,
+            crate::plan::State::Error.as_str().to_string(),
+            false,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(why),
+        )
+    });
+    let rows: Vec<_> = worker_row
         .into_iter()
-        .map(|s| {
+        .chain(status::read().into_iter().map(|s| {
             let (lr, lc, lx) = match s.local {
                 Some((r, c, x)) => (lsn(r), lsn(c), xid(x)),
                 None => (None, None, None),
@@ -55,9 +75,9 @@ fn sync_logical_slot_status_rows() -> TableIterator<
                 .then(|| TimestampWithTimeZone::try_from(s.last_sync_at).ok())
                 .flatten();
             (
-                s.name,
-                s.database,
-                s.plugin,
+                Some(s.name),
+                Some(s.database),
+                Some(s.plugin),
                 s.state.as_str().to_string(),
                 s.ready,
                 lsn(s.remote_restart_lsn),
@@ -70,7 +90,7 @@ fn sync_logical_slot_status_rows() -> TableIterator<
                 at,
                 s.last_error,
             )
-        })
+        }))
         .collect();
     TableIterator::new(rows)
 }

@@ -91,6 +91,13 @@ pub struct Control {
     advanced: u32,
     dropped: u32,
     error: [u8; ERROR_LEN],
+    /// Set before the worker connects to `sync_logical_slot.database`,
+    /// cleared once connected: still set at the next start means that
+    /// connection ended the process (the database does not exist), so that
+    /// start waits for the database instead of failing again.
+    connecting_to_database: bool,
+    /// Why the worker cannot run at all (empty: it can), for the status view.
+    worker_error: [u8; ERROR_LEN],
 }
 
 // SAFETY: plain old data; the latch pointer is into shared memory.
@@ -117,8 +124,28 @@ pub fn init() {
             advanced: 0,
             dropped: 0,
             error: [0; ERROR_LEN],
+            connecting_to_database: false,
+            worker_error: [0; ERROR_LEN],
         }
     );
+}
+
+/// Marks the worker's connection to its database as under way (true) or
+/// made (false); returns what the previous start left.
+pub fn connecting_to_database(now: bool) -> bool {
+    let mut c = CONTROL.exclusive();
+    std::mem::replace(&mut c.connecting_to_database, now)
+}
+
+/// Why the worker cannot run at all (None: it can), shown by the status view.
+pub fn set_worker_error(why: Option<&str>) {
+    let mut c = CONTROL.exclusive();
+    put(&mut c.worker_error, why.unwrap_or(""));
+}
+
+pub fn worker_error() -> Option<String> {
+    let e = get(&CONTROL.share().worker_error);
+    (!e.is_empty()).then_some(e)
 }
 
 /// The worker announces itself (its latch and pid), or its exit (None).

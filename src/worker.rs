@@ -19,7 +19,7 @@
 //! `ConfigReloadPending`, handled at the top of the loop, and interrupts a
 //! network wait (see `signals`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -69,8 +69,96 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
         pg_sys::pqsignal(pg_sys::SIGUSR2 as i32, Some(signals::handle_request));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
-    BackgroundWorker::connect_worker_to_spi(Some(&guc::database()), None);
+    let database = guc::database();
+    if status::connecting_to_database(true) {
+        // The previous start ended while connecting to the database.
+        wait_for_database(&database);
+    }
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    status::connecting_to_database(false);
+    status::set_worker_error(None);
     Worker::default().run()
+}
+
+/// Whether pg_database has `name`. Connected to no database, only a heap
+/// scan of the shared catalog works (an index would need pg_class), as the
+/// autovacuum launcher reads the database list.
+fn database_exists(name: &CStr) -> bool {
+    // SAFETY: in a transaction; the shared catalog is opened, scanned and
+    // closed here, each tuple's struct read while the scan holds it.
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as i32);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        let mut found = false;
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if CStr::from_ptr((*form).datname.data.as_ptr()) == name {
+                found = true;
+                break;
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        found
+    }
+}
+
+/// How often a worker without its database looks for it again.
+const DATABASE_RECHECK: Duration = Duration::from_secs(10);
+
+/// `sync_logical_slot.database` does not exist (the last start ended while
+/// connecting to it): rather than fail again every few seconds, connect to
+/// no database, say once why, show it in the status view, and look again
+/// every 10 s. A database created on the primary reaches a standby by
+/// replication: once it exists, exit to be started again (in 5 s) and
+/// connect. The setting itself needs a restart to change.
+fn wait_for_database(database: &str) -> ! {
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let name = CString::new(database).unwrap_or_default();
+    let mut said = false;
+    loop {
+        let exists = BackgroundWorker::transaction(|| database_exists(&name));
+        if exists {
+            status::connecting_to_database(false);
+            status::set_worker_error(None);
+            log(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                &format!("database \"{database}\" exists now: the sync_logical_slot worker restarts to connect to it"),
+                None,
+                None,
+            );
+            // SAFETY: ends this process; the postmaster starts the worker again.
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        if !said {
+            let why = format!("database \"{database}\" (sync_logical_slot.database) does not exist on this server");
+            log(
+                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+                &format!("{why}: the sync_logical_slot worker waits for it"),
+                Some(format!("It looks for the database again every {} s; nothing is synced meanwhile.", DATABASE_RECHECK.as_secs())),
+                Some("Create the database on the primary (it reaches the standbys by replication), or set sync_logical_slot.database to a database that exists and restart the server."),
+            );
+            status::set_worker_error(Some(&why));
+            report_activity(&format!("waiting for database \"{database}\" to exist"));
+            said = true;
+        }
+        // SAFETY: this process's latch; SIGTERM (PostgreSQL's die) is handled
+        // by the interrupt check right after.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                DATABASE_RECHECK.as_millis() as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }
 
 /// Signal handling. SIGTERM is PostgreSQL's own `die`. SIGHUP is PostgreSQL's

@@ -85,3 +85,60 @@ fn loading_without_shared_preload_libraries_is_refused() {
     );
     assert!(plain.is_running());
 }
+
+/// A typo in `sync_logical_slot.database` (a restart setting) is not a FATAL
+/// restart loop: after the one failed connection, the worker says once what
+/// is wrong, the status view shows it, and the worker waits; once the
+/// database exists (created on the primary, replicated), it connects and syncs.
+#[test]
+fn a_missing_database_is_waited_for_not_a_restart_loop() {
+    let dir = TestDir::new("missing_database");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int)");
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    let standby = dir.standby("standby1", &primary);
+    standby.append_conf("sync_logical_slot.database = 'sls_typo'");
+    let offset = standby.log_offset();
+    standby.start();
+    standby.wait_for_log(
+        "database \"sls_typo\" (sync_logical_slot.database) does not exist on this server: the sync_logical_slot worker waits for it",
+        offset,
+    );
+    standby.poll_query_until(
+        "SELECT coalesce(slot_name, '-') || '|' || state || '|' || last_error FROM sync_logical_slot_status",
+        "-|error|database \"sls_typo\" (sync_logical_slot.database) does not exist on this server",
+    );
+    assert_eq!(standby.sql("SELECT sync_logical_slot_ready()"), "f");
+    // Twenty seconds later: no further failed start (one FATAL at most, from
+    // the first connection attempt), the same worker still waiting.
+    let pid = standby.worker_pid();
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let log = standby.log_since(offset);
+    let fatals = count(&log, "FATAL:  database \"sls_typo\" does not exist");
+    assert!(fatals <= 1, "{fatals} failed starts:\n{log}");
+    assert_eq!(
+        count(&log, "the sync_logical_slot worker waits for it"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        standby.worker_pid(),
+        pid,
+        "the waiting worker was restarted"
+    );
+    assert!(standby.is_running());
+
+    // The database appears (by replication): the worker connects and syncs.
+    primary.sql("CREATE DATABASE sls_typo");
+    primary.sql("INSERT INTO t VALUES (1)");
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT pg_replication_slot_advance('s1', pg_current_wal_lsn())");
+    standby.wait_for_log("database \"sls_typo\" exists now", offset);
+    standby.poll_query_until(
+        "SELECT count(*) FROM sync_logical_slot_status WHERE slot_name IS NULL",
+        "0",
+    );
+    wait_for_copy(&standby, &primary, "s1");
+}
