@@ -1,4 +1,5 @@
-//! Compiles the hooks that run in every backend (src/primary/hooks.c) against
+//! Compiles the hooks that run in every backend (src/primary/hooks.c) and the
+//! primary's file readers for the workers (src/primary/files.c) against
 //! the server headers of the PostgreSQL being built for: the same pg_config
 //! that pgrx picks (PGRX_PG_CONFIG_PATH, else cargo-pgrx's config.toml entry
 //! for the enabled `pgNN` feature).
@@ -17,14 +18,15 @@ fn main() {
         .expect("pg_config --includedir-server");
 
     println!("cargo:rerun-if-changed=src/primary/hooks.c");
+    println!("cargo:rerun-if-changed=src/primary/files.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     cc::Build::new()
         .file("src/primary/hooks.c")
+        .file("src/primary/files.c")
         .include(include)
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-missing-field-initializers")
         .flag_if_supported("-Wno-sign-compare")
-        .flag_if_supported("-fvisibility=hidden")
         .warnings(true)
         .compile("sync_logical_slot_hooks");
 }

@@ -778,6 +778,53 @@ fn release_xmin_when_alone() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Files the standbys' workers read on the primary (src/primary/files.c):
+// SQL-callable C functions, exported here because a Rust cdylib exports only
+// Rust symbols. The forwarders hold nothing: an ERROR in the C code passes
+// no Rust frame with anything to drop.
+
+extern "C-unwind" {
+    fn sls_read_snapshot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    fn sls_read_slot_state(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+}
+
+static FINFO_V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_sync_logical_slot_read_snapshot() -> &'static pg_sys::Pg_finfo_record {
+    &FINFO_V1
+}
+
+/// `sync_logical_slot_read_snapshot(lsn pg_lsn) RETURNS bytea`.
+///
+/// # Safety
+/// Called by fmgr with its own call info.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sync_logical_slot_read_snapshot(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fmgr's call info, passed on.
+    unsafe { sls_read_snapshot(fcinfo) }
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_sync_logical_slot_read_slot_state() -> &'static pg_sys::Pg_finfo_record {
+    &FINFO_V1
+}
+
+/// `sync_logical_slot_read_slot_state(slot_name name) RETURNS bytea`.
+///
+/// # Safety
+/// Called by fmgr with its own call info.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sync_logical_slot_read_slot_state(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fmgr's call info, passed on.
+    unsafe { sls_read_slot_state(fcinfo) }
+}
+
 /// Whether this backend's client is still there (PostgreSQL 14+; 13 cannot tell).
 fn client_connected() -> bool {
     #[cfg(not(feature = "pg13"))]
@@ -822,6 +869,15 @@ CREATE FUNCTION sync_logical_slot_advance(slot_name name, upto_lsn pg_lsn) RETUR
             FROM @extschema@.sync_logical_slot_advance_internal(
                    slot_name::text, least(upto_lsn - '0/0', 9223372036854775807)::bigint) r $$;
 
+CREATE FUNCTION sync_logical_slot_read_snapshot(lsn pg_lsn) RETURNS bytea
+    LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'sync_logical_slot_read_snapshot';
+CREATE FUNCTION sync_logical_slot_read_slot_state(slot_name name) RETURNS bytea
+    LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'sync_logical_slot_read_slot_state';
+
+REVOKE ALL ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_read_slot_state(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_status_rows() FROM PUBLIC;
 REVOKE ALL ON sync_logical_slot_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION failover_logical_slot_init(text, text, text, text, text) FROM PUBLIC;
@@ -854,6 +910,10 @@ COMMENT ON FUNCTION sync_logical_slot_advance(name, pg_lsn) IS
   'On a standby: moves a persistent copy''s confirmed_flush_lsn forward to upto_lsn (never back, never past the flushed WAL); returns where it ends.';
 COMMENT ON FUNCTION sync_logical_slot_advance_internal(text, bigint) IS
   'Implementation of sync_logical_slot_advance(name, pg_lsn).';
+COMMENT ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) IS
+  'On the primary, called by the standbys'' workers: the decoding snapshot file the primary keeps for lsn (pg_logical/snapshots), NULL if none. Reads nothing else: grant it to the workers'' role instead of pg_read_binary_file.';
+COMMENT ON FUNCTION sync_logical_slot_read_slot_state(name) IS
+  'On the primary, called by the standbys'' workers: the state file of a logical replication slot (pg_replslot/<slot>/state), NULL if there is no such logical slot. Reads nothing else.';
 COMMENT ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) IS
   'On the primary, called by the standbys'' workers: waits up to timeout_ms until a slot selected by slot_names moves (or the catalog_xmin of physical slot standby_slot does), then returns a fingerprint of their positions to pass as since next time. Reads shared memory only. The worker''s role needs EXECUTE (and USAGE on this schema); without it the worker polls the primary.';
 "#,

@@ -263,6 +263,8 @@ mod tests {
             "SELECT sync_logical_slot_sync_slot_internal('s')",
             "SELECT sync_logical_slot_advance_internal('s', 1)",
             "SELECT sync_logical_slot_wait_for_change('name_like:%', 'standby1', 0, 0)",
+            "SELECT sync_logical_slot_read_snapshot('0/1')",
+            "SELECT sync_logical_slot_read_slot_state('s')",
         ] {
             assert_eq!(sqlstate_of(sql), "42501", "{sql}");
         }
@@ -314,6 +316,32 @@ mod tests {
             .unwrap(),
             Some(0)
         );
+    }
+
+    #[pg_test]
+    fn the_primarys_file_readers_read_only_what_they_name() {
+        // No snapshot at that LSN, no such slot, a physical slot: NULL.
+        assert_eq!(
+            Spi::get_one::<Vec<u8>>("SELECT sync_logical_slot_read_snapshot('0/1')").unwrap(),
+            None
+        );
+        assert_eq!(
+            Spi::get_one::<Vec<u8>>("SELECT sync_logical_slot_read_slot_state('nope')").unwrap(),
+            None
+        );
+        Spi::run("SELECT pg_create_physical_replication_slot('files_phys', true)").unwrap();
+        assert_eq!(
+            Spi::get_one::<Vec<u8>>("SELECT sync_logical_slot_read_slot_state('files_phys')")
+                .unwrap(),
+            None
+        );
+        // A path in the name is refused as a slot name.
+        define_sqlstate_of();
+        assert_eq!(
+            sqlstate_of("SELECT sync_logical_slot_read_slot_state('../../global')"),
+            "42602"
+        );
+        Spi::run("SELECT pg_drop_replication_slot('files_phys')").unwrap();
     }
 
     #[pg_test]
@@ -412,6 +440,9 @@ pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'sync_logical_slot'"]
+        vec![
+            "shared_preload_libraries = 'sync_logical_slot'",
+            "wal_level = logical",
+        ]
     }
 }

@@ -114,6 +114,9 @@ pub struct Primary {
     conn: NonNull<pg_sys::WalReceiverConn>,
     /// How to call the primary's long poll (`schema.function`), or why it cannot be.
     pub long_poll: Result<String, String>,
+    /// How to call the primary's snapshot reader (`schema.function`); None:
+    /// the deprecated pg_read_binary_file is used instead.
+    snapshot_reader: Option<String>,
 }
 
 fn take_error(err: *mut c_char) -> String {
@@ -168,6 +171,7 @@ impl Primary {
             Some(conn) => Primary {
                 conn,
                 long_poll: Err("not checked yet".into()),
+                snapshot_reader: None,
             },
             None => return Err(SyncError::Connect(take_error(err))),
         };
@@ -179,6 +183,14 @@ impl Primary {
             Err(e) if crate::worker::signals::reload_pending() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
+        primary.snapshot_reader = match primary.find_snapshot_reader() {
+            Ok(found) => found,
+            Err(e) if crate::worker::signals::reload_pending() => return Err(e),
+            Err(_) => None,
+        };
+        if primary.snapshot_reader.is_none() {
+            say_deprecated_snapshot_reads();
+        }
         Ok(primary)
     }
 
@@ -368,15 +380,39 @@ impl Primary {
         Ok((logical, feedback))
     }
 
+    /// The primary's snapshot reader, `sync_logical_slot_read_snapshot(pg_lsn)`,
+    /// if its extension has it and the worker's role may call it.
+    fn find_snapshot_reader(&mut self) -> Result<Option<String>, SyncError> {
+        self.query_value(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.sync_logical_slot_read_snapshot'
+               FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+               JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
+                    AND p.proname = 'sync_logical_slot_read_snapshot'
+                    AND p.proargtypes = '3220'::pg_catalog.oidvector
+              WHERE e.extname = 'sync_logical_slot'
+                AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')",
+        )
+    }
+
     /// The primary's serialized decoding snapshot for `lsn`, if it has one
-    /// (`pg_logical/snapshots`, read with pg_read_binary_file and pg_stat_file:
-    /// the role needs superuser or EXECUTE on both).
+    /// (`pg_logical/snapshots`): through the extension's
+    /// `sync_logical_slot_read_snapshot()`, which reads nothing else; where
+    /// the worker's role may not call it, through pg_read_binary_file and
+    /// pg_stat_file (deprecated: that grant reads every file).
     pub fn read_snapshot(&mut self, lsn: Lsn) -> Result<Option<Vec<u8>>, SyncError> {
-        let sql = format!(
-            "SELECT pg_catalog.encode(pg_catalog.pg_read_binary_file(f.path, 0, s.size, true), 'hex')
-               FROM (SELECT {} AS path) f, LATERAL pg_catalog.pg_stat_file(f.path, true) s",
-            pgrx::spi::quote_literal(crate::snapshot::remote_path(lsn))
-        );
+        let sql = match &self.snapshot_reader {
+            Some(reader) => format!(
+                "SELECT pg_catalog.encode({reader}({}::pg_catalog.pg_lsn), 'hex')",
+                pgrx::spi::quote_literal(lsn.to_string())
+            ),
+            None => format!(
+                "SELECT pg_catalog.encode(pg_catalog.pg_read_binary_file(f.path, 0, s.size, true), 'hex')
+                   FROM (SELECT {} AS path) f, LATERAL pg_catalog.pg_stat_file(f.path, true) s",
+                pgrx::spi::quote_literal(crate::snapshot::remote_path(lsn))
+            ),
+        };
         match self.query_value(&sql)? {
             None => Ok(None),
             Some(hex) => decode_hex(&hex).map(Some).ok_or_else(|| {
@@ -396,6 +432,23 @@ impl Primary {
             Some(s) => s.parse().map(Some).map_err(SyncError::RemoteQuery),
         }
     }
+}
+
+/// Once per worker: the snapshot files are read the deprecated way.
+fn say_deprecated_snapshot_reads() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if SAID.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    pgrx::pg_sys::panic::ErrorReport::new(
+        pgrx::PgSqlErrorCode::ERRCODE_WARNING_DEPRECATED_FEATURE,
+        "sync_logical_slot reads the primary's decoding snapshots with pg_read_binary_file, which is deprecated",
+        "sync_logical_slot",
+    )
+    .set_detail("The worker's role may not call sync_logical_slot_read_snapshot(pg_lsn) on the primary (or the primary's extension lacks it). pg_read_binary_file lets that role read every file of the primary's data directory.")
+    .set_hint("On the primary: GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) TO the worker's role, then revoke pg_read_binary_file and pg_stat_file from it.")
+    .report(pgrx::PgLogLevel::LOG);
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {

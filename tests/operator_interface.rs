@@ -34,7 +34,20 @@ fn set_up_from_the_primary_then_ready_sync_now_sync_slot_advance() {
     primary.sql(&format!(
         "CREATE ROLE slot_sync LOGIN REPLICATION PASSWORD '{PASSWORD}'"
     ));
-    primary.sql("GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean), pg_stat_file(text, boolean) TO slot_sync");
+    // Least privilege: the extension's snapshot reader, not pg_read_binary_file.
+    primary.sql("GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) TO slot_sync");
+    primary.sql("SET ROLE slot_sync; SELECT 1");
+    let denied =
+        primary.try_sql("SET ROLE slot_sync; SELECT pg_read_binary_file('global/pg_control')");
+    assert!(
+        denied
+            .as_ref()
+            .is_err_and(|e| e.contains("permission denied")),
+        "the worker's role can read the primary's files: {denied:?}"
+    );
+    let other =
+        primary.try_sql("SET ROLE slot_sync; SELECT sync_logical_slot_read_snapshot('0/1')");
+    assert_eq!(other.as_deref(), Ok(""), "no snapshot at 0/1: NULL");
 
     // A refused call does not leak the password into the log.
     let bad = primary.try_sql(&format!(
@@ -147,6 +160,32 @@ fn set_up_from_the_primary_then_ready_sync_now_sync_slot_advance() {
         ),
         "t"
     );
+
+    // A logical slot's state file, as the primary serves it: its magic number first.
+    assert_eq!(
+        primary.sql("SELECT substr(sync_logical_slot_read_slot_state('early'), 1, 4) = '\\xa11c0501'::bytea"),
+        "t"
+    );
+    // Snapshots were read through the extension, not the deprecated way.
+    assert!(!standby
+        .log_since(0)
+        .contains("pg_read_binary_file, which is deprecated"));
+
+    // The deprecated grant still works for this release, and says so once.
+    let offset = standby.log_offset();
+    primary
+        .sql("REVOKE EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) FROM slot_sync");
+    primary.sql("GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean), pg_stat_file(text, boolean) TO slot_sync");
+    primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'");
+    standby.wait_for_log(
+        "reads the primary's decoding snapshots with pg_read_binary_file, which is deprecated",
+        offset,
+    );
+    primary.sql("SELECT pg_create_logical_replication_slot('legacy', 'test_decoding')");
+    primary.sql("CHECKPOINT");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('legacy', NULL, NULL)");
+    standby.wait_for_catchup(&primary);
+    standby.poll_query_until("SELECT sync_logical_slot_sync_slot('legacy')", "synced");
 
     for node in [&primary, &standby] {
         assert!(
