@@ -739,18 +739,25 @@ fn sync_logical_slot_wait_for_change(
 /// snapshot is the only thing that would: this backend's `xmin` (what
 /// `pg_stat_activity.backend_xmin` shows) is cleared when nothing can read
 /// with that snapshot any more. That is the case when the call is the whole
-/// statement, `SELECT sync_logical_slot_wait_for_change(...)` with no table
-/// (its plan reads no relation), in a transaction of its own (no cursor or
-/// earlier statement holds a snapshot), as the worker calls it: the function
-/// itself reads only shared memory. Any other use keeps the snapshot, as
-/// every statement does. A snapshot taken later in the transaction sets
-/// `xmin` anew; the transaction's end clears it as usual.
+/// statement, `SELECT sync_logical_slot_wait_for_change(...)` as its only
+/// output, with no table (its plan reads no relation), in a transaction of
+/// its own with no other portal open (no cursor, suspended portal or earlier
+/// statement holds a snapshot), as the worker calls it: the function itself
+/// reads only shared memory, and nothing reads after it in the statement.
+/// Any other use keeps the snapshot, as every statement does. When the
+/// statement's snapshot is released at its end, core may set `xmin` to that
+/// snapshot's for a moment; nothing reads with it.
 fn release_xmin_when_alone() {
     // SAFETY: reads this backend's portal and transaction state; writes this
     // backend's own PGPROC xmin, which core itself clears without a lock
     // (SnapshotResetXmin).
     unsafe {
         if pg_sys::IsTransactionBlock() || pg_sys::GetCurrentTransactionNestLevel() != 1 {
+            return;
+        }
+        // No other portal that could still read with an older snapshot (a
+        // suspended one in an extended-protocol pipeline).
+        if !pg_sys::ThereAreNoReadyPortals() {
             return;
         }
         let portal = pg_sys::ActivePortal;
@@ -761,6 +768,31 @@ fn release_xmin_when_alone() {
         if stmt.is_null()
             || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt
             || (*stmt).commandType != pg_sys::CmdType::CMD_SELECT
+        {
+            return;
+        }
+        // The call itself is the statement's only output column, not inside
+        // another function that may read tables after it returns.
+        let plan = (*stmt).planTree;
+        if plan.is_null() || (*plan).type_ != pg_sys::NodeTag::T_Result {
+            return;
+        }
+        let tlist = (*plan).targetlist;
+        if tlist.is_null() || (*tlist).length != 1 {
+            return;
+        }
+        let entry = (*(*tlist).elements).ptr_value as *mut pg_sys::TargetEntry;
+        let mut expr = (*entry).expr as *mut pg_sys::FuncExpr;
+        // The worker's call is cast to text (an I/O coercion of the result).
+        if !expr.is_null() && (*expr).xpr.type_ == pg_sys::NodeTag::T_CoerceViaIO {
+            expr = (*(expr as *mut pg_sys::CoerceViaIO)).arg as *mut pg_sys::FuncExpr;
+        }
+        if expr.is_null() || (*expr).xpr.type_ != pg_sys::NodeTag::T_FuncExpr {
+            return;
+        }
+        let name = pg_sys::get_func_name((*expr).funcid);
+        if name.is_null()
+            || std::ffi::CStr::from_ptr(name).to_bytes() != b"sync_logical_slot_wait_for_change"
         {
             return;
         }

@@ -378,6 +378,9 @@ hold_xlogdata(XLogRecPtr lsn)
 	start = MyWalSnd->sentPtr;
 	if (start == covered_start)
 		return;
+	/* Nothing to wait for (no standby named, or this walsender's own slot): no WAL read. */
+	if (sls_standbys_state((uint64) InvalidXLogRecPtr, SLS_WAITER_WALSENDER) == SLS_UNCHECKED)
+		return;
 
 	/*
 	 * MyWalSnd->sentPtr is where the walsender reads its next record (at
@@ -478,16 +481,30 @@ uses_decoding_functions(QueryDesc *qd)
 	static bool have_oids = false;
 	const char *text;
 	const char *p;
+	size_t		length;
 	char	   *plan;
 	bool		found = false;
 
 	if (qd == NULL || qd->sourceText == NULL || qd->plannedstmt == NULL)
 		return false;
+
+	/*
+	 * Only this statement's text: in a multi-statement query string every
+	 * statement's QueryDesc carries the whole string.
+	 */
 	text = qd->sourceText;
-	for (p = text; *p; p++)
+	length = strlen(text);
+	if (qd->plannedstmt->stmt_location > 0 && qd->plannedstmt->stmt_location < length)
+	{
+		text += qd->plannedstmt->stmt_location;
+		length -= qd->plannedstmt->stmt_location;
+	}
+	if (qd->plannedstmt->stmt_len > 0 && qd->plannedstmt->stmt_len < length)
+		length = qd->plannedstmt->stmt_len;
+	for (p = text; p + 13 <= text + length; p++)
 		if (pg_strncasecmp(p, "logical_slot_", 13) == 0)
 			break;
-	if (*p == '\0')
+	if (p + 13 > text + length)
 		return false;
 
 	if (!have_oids)
