@@ -1,5 +1,6 @@
 //! Compiles the hooks that run in every backend (src/primary/hooks.c) and the
-//! primary's file readers for the workers (src/primary/files.c) against
+//! primary's file readers for the workers (src/primary/files.c) and the
+//! worker's connection (src/connect.c) against
 //! the server headers of the PostgreSQL being built for: the same pg_config
 //! that pgrx picks (PGRX_PG_CONFIG_PATH, else cargo-pgrx's config.toml entry
 //! for the enabled `pgNN` feature).
@@ -16,14 +17,23 @@ fn main() {
     let include = pg_config
         .includedir_server()
         .expect("pg_config --includedir-server");
+    // libpq-fe.h (for src/connect.c's types; libpq itself is not linked).
+    let client_include = std::process::Command::new(pg_config.path().expect("pg_config's path"))
+        .arg("--includedir")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .expect("pg_config --includedir");
 
     println!("cargo:rerun-if-changed=src/primary/hooks.c");
     println!("cargo:rerun-if-changed=src/primary/files.c");
+    println!("cargo:rerun-if-changed=src/connect.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     cc::Build::new()
         .file("src/primary/hooks.c")
         .file("src/primary/files.c")
+        .file("src/connect.c")
         .include(include)
+        .include(client_include)
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-missing-field-initializers")
         .flag_if_supported("-Wno-sign-compare")

@@ -29,6 +29,8 @@ pub struct LocalSlot {
     pub plugin: String,
     pub database: String,
     pub two_phase: bool,
+    /// The copy's `two_phase_at` (0/0: not set).
+    pub two_phase_at: Lsn,
     /// Persistent (survives restart); false while the copy is a temporary reservation.
     pub persistent: bool,
     /// Created by this extension (only those are ever advanced or dropped).
@@ -61,6 +63,8 @@ pub struct Target {
     pub catalog_xmin: Xid,
     /// Two-phase decoding, once enabled on the primary's slot, is enabled on the copy.
     pub two_phase: bool,
+    /// With it, the primary's `two_phase_at` (0/0 while not known).
+    pub two_phase_at: Lsn,
 }
 
 /// The per-slot state shown in the status view.
@@ -117,7 +121,7 @@ pub fn ready_state(
     remote: &RemoteSlot,
     standby: &StandbyPosition,
 ) -> State {
-    if !persistent {
+    if !persistent || (remote.two_phase && !(target.two_phase && target.two_phase_at.is_valid())) {
         State::WaitingForRemote
     } else if target.confirmed_flush_lsn < remote.confirmed_flush_lsn {
         State::WaitingForWal
@@ -251,6 +255,7 @@ pub fn plan(
         confirmed_flush_lsn: local.confirmed_flush_lsn,
         catalog_xmin: local.catalog_xmin,
         two_phase: local.two_phase,
+        two_phase_at: local.two_phase_at,
     };
     if target == current && !persist {
         let reason = match state {
@@ -260,6 +265,9 @@ pub fn plan(
             )),
             State::WaitingForFeedback => Some(
                 "the primary does not yet hold this copy's catalog_xmin for this standby (hot_standby_feedback)".into(),
+            ),
+            State::WaitingForRemote if remote.two_phase && !target.two_phase_at.is_valid() => Some(
+                "waiting for the primary's two_phase_at (read with sync_logical_slot_read_slot_state on the primary): without it, a transaction prepared before two-phase decoding was enabled would be skipped after a failover".into(),
             ),
             State::WaitingForRemote => Some(
                 "waiting for the decoding snapshot of the primary's restart_lsn".into(),
@@ -293,6 +301,11 @@ pub fn advance_target(
     // transaction committing in between may have begun before that
     // restart_lsn. So the copy takes them only together with that confirmed
     // position, never while its own is still capped by the flushed WAL.
+    let two_phase_at = if local.two_phase_at.is_valid() {
+        local.two_phase_at
+    } else {
+        remote.two_phase_at
+    };
     let restart_can_move = remote.restart_lsn > local.restart_lsn
         && remote.restart_lsn <= standby.flushed_lsn
         && confirmed >= remote.confirmed_flush_lsn
@@ -312,7 +325,11 @@ pub fn advance_target(
         // confirmed_flush_lsn is never behind restart_lsn.
         confirmed_flush_lsn: confirmed.max(restart_lsn),
         catalog_xmin,
-        two_phase: local.two_phase || remote.two_phase,
+        // Enabled on the copy only together with where it was enabled on the
+        // primary: a copy with two_phase on and no two_phase_at would take
+        // every prepared transaction for already sent.
+        two_phase: local.two_phase || (remote.two_phase && two_phase_at.is_valid()),
+        two_phase_at,
     }
 }
 
@@ -343,6 +360,12 @@ pub fn merge(current: Target, target: Target) -> Target {
             .max(restart_lsn),
         catalog_xmin,
         two_phase: current.two_phase || target.two_phase,
+        // Set once, where two-phase decoding was enabled: never changed after.
+        two_phase_at: if current.two_phase_at.is_valid() {
+            current.two_phase_at
+        } else {
+            target.two_phase_at
+        },
     }
 }
 
@@ -361,6 +384,7 @@ mod tests {
 
     fn remote(restart: u64, confirmed: u64, xmin: u32) -> RemoteSlot {
         RemoteSlot {
+            two_phase_at: Lsn(0),
             name: "s1".into(),
             plugin: "pgoutput".into(),
             database: "app".into(),
@@ -374,6 +398,7 @@ mod tests {
 
     fn local(persistent: bool, restart: u64, confirmed: u64, xmin: u32) -> LocalSlot {
         LocalSlot {
+            two_phase_at: Lsn(0),
             name: "s1".into(),
             plugin: "pgoutput".into(),
             database: "app".into(),
@@ -424,7 +449,21 @@ mod tests {
 
     #[test]
     fn invalidated_or_missing_database_is_skipped_not_fatal() {
-        let mut r = remote(100, 200, 10);
+        // 'lost' with a restart_lsn is a passing report, not an invalidation:
+        // a ready copy of it is never dropped.
+        let mut passing = remote(100, 200, 10);
+        passing.wal_status = "lost".into();
+        assert!(!matches!(
+            plan(
+                &passing,
+                Some(&local(true, 100, 200, 10)),
+                &standby(300, 10),
+                true,
+                true
+            ),
+            Action::Drop { .. } | Action::Skip { .. }
+        ));
+        let mut r = remote(0, 200, 10);
         r.wal_status = "lost".into();
         assert!(matches!(
             plan(&r, None, &standby(300, 10), true, true),
@@ -556,6 +595,7 @@ mod tests {
                         confirmed_flush_lsn: Lsn(200),
                         catalog_xmin: Xid(25),
                         two_phase: false,
+                        two_phase_at: Lsn(0),
                     }
                 );
                 assert_eq!(state, State::Synced);
@@ -615,6 +655,7 @@ mod tests {
                 confirmed_flush_lsn: Lsn(250),
                 catalog_xmin: Xid(20),
                 two_phase: false,
+                two_phase_at: Lsn(0),
             }
         );
     }
@@ -717,6 +758,7 @@ mod tests {
             confirmed_flush_lsn: Lsn(confirmed),
             catalog_xmin: Xid(xmin),
             two_phase: false,
+            two_phase_at: Lsn(0),
         }
     }
 
@@ -807,10 +849,42 @@ mod tests {
         let l = local(true, 100, 200, 10);
         let mut r = remote(100, 200, 10);
         r.two_phase = true;
+        // two_phase_at not known yet: not enabled on the copy, not ready.
         match plan(&r, Some(&l), &standby(300, 10), true, true) {
-            Action::Advance { target, .. } => assert!(target.two_phase),
+            Action::Keep { state, reason } => {
+                assert_eq!(state, State::WaitingForRemote);
+                assert!(reason.unwrap().contains("two_phase_at"));
+            }
             other => panic!("{other:?}"),
         }
+        // Read from the primary: taken, and ready.
+        r.two_phase_at = Lsn(150);
+        match plan(&r, Some(&l), &standby(300, 10), true, true) {
+            Action::Advance { target, state, .. } => {
+                assert!(target.two_phase);
+                assert_eq!(target.two_phase_at, Lsn(150));
+                assert_eq!(state, State::Synced);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A copy that has it keeps it, and is ready without reading it again.
+        let mut has = l.clone();
+        has.two_phase = true;
+        has.two_phase_at = Lsn(150);
+        r.two_phase_at = Lsn(0);
+        assert!(matches!(
+            plan(&r, Some(&has), &standby(300, 10), true, true),
+            Action::Keep {
+                state: State::Synced,
+                ..
+            }
+        ));
+        // Never changed once set.
+        let mut later = at(100, 200, 10);
+        later.two_phase_at = Lsn(180);
+        let mut set = at(100, 200, 10);
+        set.two_phase_at = Lsn(150);
+        assert_eq!(merge(set, later).two_phase_at, Lsn(150));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::ptr::NonNull;
 use pgrx::pg_sys;
 use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
-use pgrx::{FromDatum, PgMemoryContexts};
+use pgrx::FromDatum;
 
 use crate::conninfo::{ConnInfo, ConnSource, APPLICATION_NAME};
 use crate::error::SyncError;
@@ -117,13 +117,36 @@ pub struct Primary {
     /// How to call the primary's snapshot reader (`schema.function`); None:
     /// the deprecated pg_read_binary_file is used instead.
     snapshot_reader: Option<String>,
+    /// How to call the primary's slot state reader; None: two-phase copies
+    /// cannot learn their two_phase_at (and are not ready).
+    slot_state_reader: Option<String>,
 }
 
+extern "C-unwind" {
+    fn sls_connect(
+        conninfo: *const c_char,
+        appname: *const c_char,
+        err: *mut *mut c_char,
+    ) -> *mut pg_sys::WalReceiverConn;
+}
+
+/// The text of sls_connect's palloc'd error message, which is freed (it
+/// belongs to nothing else; a query result's message is freed with it).
+fn take_connect_error(err: *mut c_char) -> String {
+    let text = take_error(err);
+    if !err.is_null() {
+        // SAFETY: palloc'd by sls_connect for this caller, read above.
+        unsafe { pg_sys::pfree(err.cast()) };
+    }
+    text
+}
+
+/// The text of an error message, on one line.
 fn take_error(err: *mut c_char) -> String {
     if err.is_null() {
         return "unknown error".into();
     }
-    // SAFETY: libpqwalreceiver returns a palloc'd NUL-terminated message.
+    // SAFETY: a NUL-terminated message that outlives this call.
     let text = unsafe { CStr::from_ptr(err) }
         .to_string_lossy()
         .trim()
@@ -142,39 +165,32 @@ impl Primary {
         let text = CString::new(conninfo.to_conninfo())
             .map_err(|_| SyncError::Connect("connection string contains a NUL byte".into()))?;
         let appname = CString::new(APPLICATION_NAME).unwrap();
-        let connect = walrcv()
-            .walrcv_connect
-            .expect("libpqwalreceiver provides walrcv_connect");
+        // libpqwalreceiver brings libpq into the process; its other
+        // functions (exec, disconnect) serve the connection afterwards.
+        let _ = walrcv();
         let mut err: *mut c_char = std::ptr::null_mut();
-        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call;
-        // the function waits on our latch and processes interrupts while it connects.
-        // The connection struct is palloc'd in the current context: it must be one that
-        // outlives the transaction the caller may be in, or the next query reads freed memory.
+        // SAFETY: NUL-terminated strings valid for the call. sls_connect
+        // (src/connect.c) raises nothing for a reload: it gives the attempt
+        // up and closes it; the connection it returns lives in
+        // TopMemoryContext until walrcv_disconnect.
+        // Guarded: an ERROR raised inside (a terminate, out of memory)
+        // becomes a Rust panic here, not a longjmp over this frame.
         let conn = unsafe {
-            PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-                // A function pointer, not a pg_sys function: guard it ourselves so that an
-                // ERROR raised inside (e.g. a cancel) becomes a Rust panic the caller catches.
-                crate::worker::signals::interruptible_by_reload(|| {
-                    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-                    let conn = pg_guard_ffi_boundary(|| {
-                        connect(text.as_ptr(), true, appname.as_ptr(), &mut err)
-                    });
-                    #[cfg(feature = "pg16")]
-                    let conn = pg_guard_ffi_boundary(|| {
-                        connect(text.as_ptr(), true, false, appname.as_ptr(), &mut err)
-                    });
-                    conn
-                })
-            })
+            pg_guard_ffi_boundary(|| sls_connect(text.as_ptr(), appname.as_ptr(), &mut err))
         };
         let mut primary = match NonNull::new(conn) {
             Some(conn) => Primary {
                 conn,
                 long_poll: Err("not checked yet".into()),
                 snapshot_reader: None,
+                slot_state_reader: None,
             },
-            None => return Err(SyncError::Connect(take_error(err))),
+            None => return Err(SyncError::Connect(take_connect_error(err))),
         };
+        // As libpqwalreceiver does for its logical connections: nothing the
+        // worker runs may resolve a name through a schema the primary's users
+        // can write to.
+        primary.query_value("SELECT pg_catalog.set_config('search_path', '', false)")?;
         primary.check_identity()?;
         // Not knowing means polling, not failing the connection; but a
         // reload that cut the query short fails it (it is made anew).
@@ -183,11 +199,21 @@ impl Primary {
             Err(e) if crate::worker::signals::reload_pending() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
-        primary.snapshot_reader = match primary.find_snapshot_reader() {
-            Ok(found) => found,
-            Err(e) if crate::worker::signals::reload_pending() => return Err(e),
-            Err(_) => None,
-        };
+        for (function, argument) in [
+            ("sync_logical_slot_read_snapshot", "3220"),
+            ("sync_logical_slot_read_slot_state", "19"),
+        ] {
+            let found = match primary.find_reader(function, argument) {
+                Ok(found) => found,
+                Err(e) if crate::worker::signals::reload_pending() => return Err(e),
+                Err(_) => None,
+            };
+            if argument == "3220" {
+                primary.snapshot_reader = found;
+            } else {
+                primary.slot_state_reader = found;
+            }
+        }
         if primary.snapshot_reader.is_none() {
             say_deprecated_snapshot_reads();
         }
@@ -380,20 +406,40 @@ impl Primary {
         Ok((logical, feedback))
     }
 
-    /// The primary's snapshot reader, `sync_logical_slot_read_snapshot(pg_lsn)`,
-    /// if its extension has it and the worker's role may call it.
-    fn find_snapshot_reader(&mut self) -> Result<Option<String>, SyncError> {
-        self.query_value(
-            "SELECT pg_catalog.quote_ident(n.nspname) || '.sync_logical_slot_read_snapshot'
+    /// One of the primary's file readers (`function` taking one argument of
+    /// type OID `argument`: pg_lsn 3220, name 19), as `schema.function`, if
+    /// its extension has it and the worker's role may call it.
+    fn find_reader(&mut self, function: &str, argument: &str) -> Result<Option<String>, SyncError> {
+        self.query_value(&format!(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.{function}'
                FROM pg_catalog.pg_extension e
                JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
-                    AND p.proname = 'sync_logical_slot_read_snapshot'
-                    AND p.proargtypes = '3220'::pg_catalog.oidvector
+                    AND p.proname = '{function}'
+                    AND p.proargtypes = '{argument}'::pg_catalog.oidvector
               WHERE e.extname = 'sync_logical_slot'
                 AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
-                AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')",
-        )
+                AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+        ))
+    }
+
+    /// The `two_phase_at` of the primary's logical slot `slot`, from its state
+    /// file (None: the primary cannot tell: no reader for the worker's role,
+    /// no such slot, or two-phase decoding not enabled on disk yet).
+    pub fn two_phase_at_of(&mut self, slot: &str) -> Result<Option<Lsn>, SyncError> {
+        let Some(reader) = self.slot_state_reader.clone() else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT pg_catalog.encode({reader}({}::pg_catalog.name), 'hex')",
+            pgrx::spi::quote_literal(slot)
+        );
+        Ok(match self.query_value(&sql)? {
+            None => None,
+            Some(hex) => decode_hex(&hex)
+                .as_deref()
+                .and_then(crate::slot::two_phase_at_from_state_file),
+        })
     }
 
     /// The primary's serialized decoding snapshot for `lsn`, if it has one
@@ -499,6 +545,7 @@ pub fn parse_slot_row(row: &[Option<String>]) -> Result<RemoteSlot, SyncError> {
         }
     };
     Ok(RemoteSlot {
+        two_phase_at: Lsn(0),
         name: col(0),
         plugin: col(1),
         database: col(2),

@@ -74,6 +74,7 @@ pub struct Local {
     pub persistent: bool,
     pub active_pid: i32,
     pub two_phase: bool,
+    pub two_phase_at: Lsn,
     pub invalidated: bool,
     pub restart_lsn: Lsn,
     pub confirmed_flush_lsn: Lsn,
@@ -90,6 +91,7 @@ impl Local {
             persistent: d.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
             active_pid,
             two_phase: d.two_phase,
+            two_phase_at: Lsn(d.two_phase_at),
             // PostgreSQL 13-15 mark an invalidated slot this way.
             invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
             restart_lsn: Lsn(d.restart_lsn),
@@ -97,6 +99,28 @@ impl Local {
             catalog_xmin: Xid(d.catalog_xmin.into_inner()),
         }
     }
+}
+
+/// The `two_phase_at` of a logical slot, from its state file as the primary
+/// serves it (`sync_logical_slot_read_slot_state`): None unless the file is
+/// a slot state file of this layout (its magic number, long enough) with
+/// two-phase decoding enabled. The file is `ReplicationSlotOnDisk`: four
+/// 32-bit words (magic, checksum, version, length), then the slot's
+/// persistent data, laid out as this server's own (a physical standby runs
+/// the primary's major version on the same platform).
+pub fn two_phase_at_from_state_file(file: &[u8]) -> Option<Lsn> {
+    const MAGIC: u32 = 0x1051CA1;
+    const HEADER: usize = 16;
+    type Data = pg_sys::ReplicationSlotPersistentData;
+    if file.len() < HEADER + std::mem::size_of::<Data>()
+        || u32::from_ne_bytes(file[0..4].try_into().ok()?) != MAGIC
+    {
+        return None;
+    }
+    let at = HEADER + std::mem::offset_of!(Data, two_phase_at);
+    let flag = HEADER + std::mem::offset_of!(Data, two_phase);
+    let lsn = Lsn(u64::from_ne_bytes(file[at..at + 8].try_into().ok()?));
+    (file[flag] != 0 && lsn.is_valid()).then_some(lsn)
 }
 
 fn name_str(n: &pg_sys::NameData) -> String {
@@ -485,12 +509,14 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
             confirmed_flush_lsn: Lsn(d.confirmed_flush),
             catalog_xmin: Xid(d.catalog_xmin.into_inner()),
             two_phase: d.two_phase,
+            two_phase_at: Lsn(d.two_phase_at),
         };
         let merged = crate::plan::merge(current, *target);
         d.restart_lsn = merged.restart_lsn.0;
         d.confirmed_flush = merged.confirmed_flush_lsn.0;
         d.catalog_xmin = pg_sys::TransactionId::from_inner(merged.catalog_xmin.0);
         d.two_phase = merged.two_phase;
+        d.two_phase_at = merged.two_phase_at.0;
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
         merged
     };
@@ -618,5 +644,41 @@ pub fn database_name(oid: pg_sys::Oid) -> Option<String> {
     unsafe {
         let p = pg_sys::get_database_name(oid);
         (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_file(two_phase: bool, two_phase_at: u64) -> Vec<u8> {
+        type Data = pg_sys::ReplicationSlotPersistentData;
+        let mut file = vec![0u8; 16 + std::mem::size_of::<Data>()];
+        file[0..4].copy_from_slice(&0x1051CA1u32.to_ne_bytes());
+        let at = 16 + std::mem::offset_of!(Data, two_phase_at);
+        file[at..at + 8].copy_from_slice(&two_phase_at.to_ne_bytes());
+        file[16 + std::mem::offset_of!(Data, two_phase)] = two_phase as u8;
+        file
+    }
+
+    #[test]
+    fn two_phase_at_is_read_from_a_state_file_only_when_enabled() {
+        assert_eq!(
+            two_phase_at_from_state_file(&state_file(true, 0x3000028)),
+            Some(Lsn(0x3000028))
+        );
+        assert_eq!(
+            two_phase_at_from_state_file(&state_file(false, 0x3000028)),
+            None
+        );
+        assert_eq!(two_phase_at_from_state_file(&state_file(true, 0)), None);
+        let mut bad = state_file(true, 0x3000028);
+        bad[0] ^= 1;
+        assert_eq!(two_phase_at_from_state_file(&bad), None, "not a state file");
+        assert_eq!(
+            two_phase_at_from_state_file(&state_file(true, 0x3000028)[..40]),
+            None,
+            "truncated"
+        );
     }
 }

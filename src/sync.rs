@@ -326,6 +326,7 @@ fn unchanged(
     let same = l.ours
         && l.persistent
         && !l.invalidated
+        && (!remote.two_phase || l.two_phase_at.is_valid())
         && !remote.is_invalidated()
         && positions(l)
             == (
@@ -356,6 +357,16 @@ fn sync_one(
     standby: &StandbyPosition,
     counts: &mut PassCounts,
 ) -> Result<Outcome, SyncError> {
+    // A two-phase slot's two_phase_at is read from the primary until the copy has it.
+    let with_two_phase_at;
+    let remote = if remote.two_phase && !local.is_some_and(|l| l.two_phase_at.is_valid()) {
+        let mut r = remote.clone();
+        r.two_phase_at = primary.two_phase_at_of(&remote.name)?.unwrap_or(Lsn(0));
+        with_two_phase_at = r;
+        &with_two_phase_at
+    } else {
+        remote
+    };
     let database_oid = slot::database_oid(&remote.database);
     let held = snapshot_held(primary, remote, local, standby)?;
     // The snapshot read may have waited on the network: check again before writing.
@@ -377,7 +388,8 @@ fn sync_one(
     // once: if the primary's slot is already past them, the copy moves there
     // in this same pass.
     let oid = database_oid.expect("plan creates only when the database exists");
-    let made = slot::create_temporary(&remote.name, oid, &remote.plugin, remote.two_phase)?;
+    // Two-phase is enabled later, together with the primary's two_phase_at.
+    let made = slot::create_temporary(&remote.name, oid, &remote.plugin, false)?;
     counts.created += 1;
     slot::request_feedback();
     log(
@@ -542,6 +554,7 @@ fn to_plan_local(l: &slot::Local) -> LocalSlot {
         plugin: l.plugin.clone(),
         database: slot::database_name(l.database_oid).unwrap_or_default(),
         two_phase: l.two_phase,
+        two_phase_at: l.two_phase_at,
         persistent: l.persistent,
         ours: !from_primary_life && slot::is_ours(&l.name),
         from_primary_life,

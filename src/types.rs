@@ -94,6 +94,11 @@ pub struct RemoteSlot {
     pub plugin: String,
     pub database: String,
     pub two_phase: bool,
+    /// Where two-phase decoding was enabled on the primary's slot (its state
+    /// file's `two_phase_at`; pg_replication_slots does not show it): a
+    /// transaction prepared before it is decoded whole at COMMIT PREPARED.
+    /// 0/0 while not read from the primary.
+    pub two_phase_at: Lsn,
     pub restart_lsn: Lsn,
     pub confirmed_flush_lsn: Lsn,
     pub catalog_xmin: Xid,
@@ -102,9 +107,12 @@ pub struct RemoteSlot {
 }
 
 impl RemoteSlot {
-    /// The primary can no longer decode from this slot: copying it is pointless.
+    /// The primary can no longer decode from this slot: copying it is
+    /// pointless. Invalidation clears `restart_lsn`; `wal_status = 'lost'`
+    /// alone can be transient (PostgreSQL 15 reports it for an inactive slot
+    /// whose old segment a checkpoint removed after its restart_lsn moved).
     pub fn is_invalidated(&self) -> bool {
-        self.wal_status == "lost"
+        self.wal_status == "lost" && !self.restart_lsn.is_valid()
     }
 
     /// The slot is still being created on the primary (no consistent point yet).
@@ -345,6 +353,7 @@ mod tests {
     #[test]
     fn invalidated_remote_slot_is_recognised() {
         let mut s = RemoteSlot {
+            two_phase_at: Lsn(0),
             name: "s".into(),
             plugin: "p".into(),
             database: "d".into(),
@@ -356,6 +365,11 @@ mod tests {
         };
         assert!(!s.is_invalidated());
         s.wal_status = "lost".into();
+        assert!(
+            !s.is_invalidated(),
+            "'lost' with a restart_lsn is a passing report"
+        );
+        s.restart_lsn = Lsn::INVALID;
         assert!(s.is_invalidated());
         assert!(!s.is_being_created());
         s.wal_status = String::new();

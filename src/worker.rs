@@ -261,6 +261,14 @@ pub(crate) mod signals {
     }
 }
 
+/// For src/connect.c: a connection attempt in progress is given up (closed,
+/// not raised through) when a reload comes, so that new settings apply at
+/// once. A flag read: nothing here can raise.
+#[no_mangle]
+pub extern "C" fn sls_connect_abandoned() -> bool {
+    signals::reload_pending()
+}
+
 /// What the worker last told the log about the server, so each state is said once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Mode {

@@ -35,7 +35,7 @@ fn set_up_from_the_primary_then_ready_sync_now_sync_slot_advance() {
         "CREATE ROLE slot_sync LOGIN REPLICATION PASSWORD '{PASSWORD}'"
     ));
     // Least privilege: the extension's snapshot reader, not pg_read_binary_file.
-    primary.sql("GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn) TO slot_sync");
+    primary.sql("GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn), sync_logical_slot_read_slot_state(name) TO slot_sync");
     primary.sql("SET ROLE slot_sync; SELECT 1");
     let denied =
         primary.try_sql("SET ROLE slot_sync; SELECT pg_read_binary_file('global/pg_control')");
