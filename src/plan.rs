@@ -311,12 +311,10 @@ pub fn advance_target(
         && confirmed >= remote.confirmed_flush_lsn
         && snapshot_held;
     let (restart_lsn, catalog_xmin) = if restart_can_move {
-        let xmin = if local.catalog_xmin.precedes(remote.catalog_xmin) {
-            remote.catalog_xmin
-        } else {
-            local.catalog_xmin
-        };
-        (remote.restart_lsn, xmin)
+        (
+            remote.restart_lsn,
+            local.catalog_xmin.later(remote.catalog_xmin),
+        )
     } else {
         (local.restart_lsn, local.catalog_xmin)
     };
@@ -343,12 +341,10 @@ pub fn advance_target(
 /// (compared as transaction ids, across wraparound).
 pub fn merge(current: Target, target: Target) -> Target {
     let (restart_lsn, catalog_xmin) = if target.restart_lsn >= current.restart_lsn {
-        let xmin = if target.catalog_xmin.precedes(current.catalog_xmin) {
-            current.catalog_xmin
-        } else {
-            target.catalog_xmin
-        };
-        (target.restart_lsn, xmin)
+        (
+            target.restart_lsn,
+            target.catalog_xmin.later(current.catalog_xmin),
+        )
     } else {
         (current.restart_lsn, current.catalog_xmin)
     };

@@ -69,6 +69,15 @@ impl Xid {
     pub fn precedes_or_equals(self, other: Xid) -> bool {
         self == other || self.precedes(other)
     }
+
+    /// The later of two transaction ids (across wraparound).
+    pub fn later(self, other: Xid) -> Xid {
+        if self.precedes(other) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Display for Xid {

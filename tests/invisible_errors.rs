@@ -620,13 +620,7 @@ fn normalise(text: &str, node: &Node) -> String {
 
 /// Fails if the postmaster of `node` was not started with RUST_BACKTRACE=1.
 fn assert_rust_backtrace_in_environment(node: &Node) {
-    let pid = fs::read_to_string(node.datadir().join("postmaster.pid"))
-        .expect("postmaster.pid")
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let pid = node.postmaster_pid();
     let environ = fs::read(format!("/proc/{pid}/environ")).expect("read the postmaster's environ");
     assert!(
         environ.split(|b| *b == 0).any(|v| v == b"RUST_BACKTRACE=1"),

@@ -379,15 +379,20 @@ impl Node {
         );
     }
 
-    /// kill -9 of the postmaster: a crash, no shutdown checkpoint.
-    pub fn kill9(&self) {
-        let pid = fs::read_to_string(self.datadir.join("postmaster.pid"))
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> String {
+        fs::read_to_string(self.datadir.join("postmaster.pid"))
             .expect("postmaster.pid")
             .lines()
             .next()
             .unwrap()
             .trim()
-            .to_string();
+            .to_string()
+    }
+
+    /// kill -9 of the postmaster: a crash, no shutdown checkpoint.
+    pub fn kill9(&self) {
+        let pid = self.postmaster_pid();
         let _ = Command::new("kill").args(["-9", &pid]).status();
         *self.state.running.borrow_mut() = false;
         // Children exit when they notice the postmaster is gone.
