@@ -199,21 +199,9 @@ impl Primary {
             Err(e) if crate::worker::signals::reload_pending() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
-        for (function, argument) in [
-            ("sync_logical_slot_read_snapshot", "3220"),
-            ("sync_logical_slot_read_slot_state", "19"),
-        ] {
-            let found = match primary.find_reader(function, argument) {
-                Ok(found) => found,
-                Err(e) if crate::worker::signals::reload_pending() => return Err(e),
-                Err(_) => None,
-            };
-            if argument == "3220" {
-                primary.snapshot_reader = found;
-            } else {
-                primary.slot_state_reader = found;
-            }
-        }
+        primary.snapshot_reader = primary.find_reader("sync_logical_slot_read_snapshot", "3220")?;
+        primary.slot_state_reader =
+            primary.find_reader("sync_logical_slot_read_slot_state", "19")?;
         if primary.snapshot_reader.is_none() {
             say_deprecated_snapshot_reads();
         }
@@ -409,8 +397,10 @@ impl Primary {
     /// One of the primary's file readers (`function` taking one argument of
     /// type OID `argument`: pg_lsn 3220, name 19), as `schema.function`, if
     /// its extension has it and the worker's role may call it.
+    /// Not knowing means the fallback, not a failed connection; but a reload
+    /// that cut the query short fails it (it is made anew).
     fn find_reader(&mut self, function: &str, argument: &str) -> Result<Option<String>, SyncError> {
-        self.query_value(&format!(
+        let found = self.query_value(&format!(
             "SELECT pg_catalog.quote_ident(n.nspname) || '.{function}'
                FROM pg_catalog.pg_extension e
                JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
@@ -420,7 +410,12 @@ impl Primary {
               WHERE e.extname = 'sync_logical_slot'
                 AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
                 AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
-        ))
+        ));
+        match found {
+            Err(e) if crate::worker::signals::reload_pending() => Err(e),
+            Err(_) => Ok(None),
+            ok => ok,
+        }
     }
 
     /// The `two_phase_at` of the primary's logical slot `slot`, from its state

@@ -21,21 +21,10 @@ use std::time::{Duration, Instant};
 const GET: &str =
     "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('sql', NULL, NULL)";
 
-fn setup(dir: &TestDir) -> (Node, Node) {
-    let primary = dir.primary("primary");
-    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1'");
-    primary.start();
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    primary.sql("CREATE PUBLICATION pub FOR TABLE t");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
-    (primary, standby)
-}
-
 #[test]
 fn consumers_get_nothing_the_standby_lacks() {
     let dir = TestDir::new("standby_slot_names");
-    let (primary, standby) = setup(&dir);
+    let (primary, standby) = primary_holding_for_standby1(&dir);
     // A table whose COPY rows start with 'w', as XLogData messages do: the
     // table sync of the subscription must not be mistaken for streaming.
     primary.sql("CREATE TABLE w (name text)");
@@ -110,7 +99,7 @@ fn consumers_get_nothing_the_standby_lacks() {
 #[test]
 fn killed_client_frees_its_slot_and_a_reload_releases_waiters() {
     let dir = TestDir::new("standby_slot_names_release");
-    let (primary, standby) = setup(&dir);
+    let (primary, standby) = primary_holding_for_standby1(&dir);
     primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
     primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
     standby.stop();
@@ -209,7 +198,7 @@ fn a_quorum_of_one_needs_one_standby() {
 #[test]
 fn a_malformed_value_at_start_holds_consumers_until_corrected() {
     let dir = TestDir::new("standby_slot_names_fail_closed");
-    let (primary, standby) = setup(&dir);
+    let (primary, standby) = primary_holding_for_standby1(&dir);
     primary.sql("SELECT pg_create_logical_replication_slot('sql', 'test_decoding')");
     let out = dir.path.join("recv.out");
     primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");

@@ -261,13 +261,7 @@ fn checkpoint(primary: &Node, _pids: &str) {
 #[test]
 fn signals_do_not_end_logical_walsenders() {
     let dir = TestDir::new("walsender_signals");
-    let primary = dir.primary("primary");
-    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1'");
-    primary.start();
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    primary.sql("CREATE PUBLICATION pub FOR TABLE t");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = primary_holding_for_standby1(&dir);
 
     primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
     let out = dir.path.join("recv.out");

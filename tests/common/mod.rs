@@ -693,6 +693,20 @@ pub fn subscriber_of(dir: &TestDir, primary: &Node) -> Node {
     subscriber
 }
 
+/// A primary that holds its logical consumers behind `standby1`
+/// (`standby_slot_names`), with table `t`, publication `pub`, and that
+/// streaming standby, both started.
+pub fn primary_holding_for_standby1(dir: &TestDir) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.append_conf("sync_logical_slot.standby_slot_names = 'standby1'");
+    primary.start();
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    primary.sql("CREATE PUBLICATION pub FOR TABLE t");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    (primary, standby)
+}
+
 /// Runs `pg_recvlogical` on `slot` of `node` from `startpos` (None: the slot's
 /// own position) until `endpos`, appending test_decoding output to `file`;
 /// returns what this run wrote. `endpos` must lie between transactions.
