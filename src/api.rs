@@ -580,7 +580,7 @@ fn ready_now() -> bool {
         row.ready
             && locals
                 .iter()
-                .any(|l| l.name == row.name && l.persistent && !l.invalidated)
+                .any(|l| l.name == row.name && l.persistent && l.invalidated.is_none())
     })
 }
 
@@ -857,19 +857,14 @@ pub unsafe extern "C-unwind" fn sync_logical_slot_read_slot_state(
     unsafe { sls_read_slot_state(fcinfo) }
 }
 
-/// Whether this backend's client is still there (PostgreSQL 14+; 13 cannot tell).
+/// Whether this backend's client is still there.
 fn client_connected() -> bool {
-    #[cfg(not(feature = "pg13"))]
-    {
-        extern "C-unwind" {
-            fn pq_check_connection() -> bool;
-        }
-        // SAFETY: a poll(2) on this backend's client socket; it reports
-        // problems as COMMERROR (a log line), never an ERROR.
-        unsafe { pq_check_connection() }
+    extern "C-unwind" {
+        fn pq_check_connection() -> bool;
     }
-    #[cfg(feature = "pg13")]
-    true
+    // SAFETY: a poll(2) on this backend's client socket; it reports
+    // problems as COMMERROR (a log line), never an ERROR.
+    unsafe { pq_check_connection() }
 }
 
 extension_sql!(

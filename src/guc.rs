@@ -21,6 +21,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
 use crate::conninfo::ConnInfo;
+use crate::pgver;
 use crate::types::{validate_slot_name, SlotFilter, MAX_IDENTIFIER_LEN};
 
 static DATABASE: GucSetting<Option<CString>> =
@@ -135,16 +136,9 @@ pub fn init() {
     warn_if_standby_slot_names_invalid();
 }
 
-#[cfg(any(feature = "pg15", feature = "pg16"))]
 fn reserve_prefix() {
     // SAFETY: plain call with a static C string, during _PG_init.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"sync_logical_slot".as_ptr()) }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14"))]
-fn reserve_prefix() {
-    // SAFETY: plain call with a static C string, during _PG_init.
-    unsafe { pg_sys::EmitWarningsOnPlaceholders(c"sync_logical_slot".as_ptr()) }
 }
 
 fn string_of(setting: &GucSetting<Option<CString>>) -> String {
@@ -373,7 +367,7 @@ unsafe extern "C-unwind" fn check_primary_conninfo(
             set_check_hint("The value is not shown, as it may contain a password.");
         }
         // The rejection message echoes *newval: hide it either way.
-        let replacement = guc_strdup(if valid || real.as_bytes().is_empty() {
+        let replacement = pgver::guc_strdup(if valid || real.as_bytes().is_empty() {
             c""
         } else {
             HIDDEN
@@ -381,12 +375,12 @@ unsafe extern "C-unwind" fn check_primary_conninfo(
         if replacement.is_null() {
             return false;
         }
-        guc_free((*newval).cast());
+        pgver::guc_free((*newval).cast());
         *newval = replacement;
         if !valid {
             return false;
         }
-        let copy = guc_strdup(&real);
+        let copy = pgver::guc_strdup(&real);
         if copy.is_null() {
             return false;
         }
@@ -439,14 +433,14 @@ pub fn run_check_hook(name: &str, value: &str) -> Result<String, String> {
     let c = CString::new(value).unwrap();
     // SAFETY: the value is allocated as the GUC code allocates it; the extra is freed likewise.
     unsafe {
-        let mut newval = guc_strdup(&c);
+        let mut newval = pgver::guc_strdup(&c);
         let mut extra: *mut c_void = std::ptr::null_mut();
         pg_sys::GUC_check_errdetail_string = std::ptr::null_mut();
         let ok = hook(&mut newval, &mut extra, pg_sys::GucSource::PGC_S_FILE);
         let stored = CStr::from_ptr(newval).to_string_lossy().into_owned();
-        guc_free(newval.cast());
+        pgver::guc_free(newval.cast());
         if !extra.is_null() {
-            guc_free(extra);
+            pgver::guc_free(extra);
         }
         if ok {
             Ok(stored)
@@ -460,30 +454,6 @@ pub fn run_check_hook(name: &str, value: &str) -> Result<String, String> {
                 + &stored)
         }
     }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn guc_strdup(s: &CStr) -> *mut c_char {
-    // SAFETY: GUC code of these versions frees values and extras with free().
-    unsafe { libc::strdup(s.as_ptr()) }
-}
-
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn guc_free(p: *mut c_void) {
-    // SAFETY: p came from malloc (GUC code of these versions uses malloc).
-    unsafe { libc::free(p) }
-}
-
-#[cfg(feature = "pg16")]
-unsafe fn guc_strdup(s: &CStr) -> *mut c_char {
-    // SAFETY: PostgreSQL 16 keeps GUC strings in its own context.
-    unsafe { pg_sys::guc_strdup(pg_sys::LOG as i32, s.as_ptr()) }
-}
-
-#[cfg(feature = "pg16")]
-unsafe fn guc_free(p: *mut c_void) {
-    // SAFETY: p came from guc_malloc/guc_strdup.
-    unsafe { pg_sys::guc_free(p) }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod api; // SQL functions and the status view
 pub mod conninfo; // connection strings: parse, override, redact (pure)
 pub mod error; // SyncError and its SQLSTATEs
 pub mod guc; // settings, check hooks, typed accessors
+pub mod pgver; // what differs between PostgreSQL 15 and 16
 pub mod plan; // per-slot decisions (pure)
 pub mod primary; // the wait for the standbys (standby_slot_names); hooks in C
 pub mod remote; // the primary connection and the remote slot query

@@ -20,7 +20,7 @@
 //!
 //! `sync.rs` runs it for every selected slot in each pass and applies the result.
 
-use crate::types::{Lsn, RemoteSlot, Xid};
+use crate::types::{Invalidation, Lsn, RemoteSlot, Xid};
 
 /// The standby's copy of a slot, as the standby's slot array has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +38,8 @@ pub struct LocalSlot {
     /// Seen on this server while it was a primary (a switchover left it
     /// behind): it is replaced by a fresh copy, never advanced as it is.
     pub from_primary_life: bool,
-    /// Invalidated on the standby (its WAL was removed): it cannot be honoured any more.
-    pub invalidated: bool,
+    /// Invalidated on the standby, and why: it cannot be honoured any more.
+    pub invalidated: Option<Invalidation>,
     pub restart_lsn: Lsn,
     pub confirmed_flush_lsn: Lsn,
     pub catalog_xmin: Xid,
@@ -197,9 +197,12 @@ pub fn plan(
                     .into(),
         };
     }
-    if local.invalidated {
+    if let Some(cause) = local.invalidated {
         return Action::Recreate {
-            reason: "the copy was invalidated on this standby".into(),
+            reason: format!(
+                "the copy was invalidated on this standby ({}): it is dropped and copied afresh",
+                cause.as_str()
+            ),
         };
     }
     if !local.persistent && (local.restart_lsn == Lsn(0) || !local.catalog_xmin.is_valid()) {
@@ -402,7 +405,7 @@ mod tests {
             persistent,
             ours: true,
             from_primary_life: false,
-            invalidated: false,
+            invalidated: None,
             restart_lsn: Lsn(restart),
             confirmed_flush_lsn: Lsn(confirmed),
             catalog_xmin: Xid(xmin),
@@ -897,7 +900,7 @@ mod tests {
     #[test]
     fn invalidated_or_changed_copy_is_recreated() {
         let mut l = local(true, 100, 200, 10);
-        l.invalidated = true;
+        l.invalidated = Some(Invalidation::RowsRemoved);
         assert!(matches!(
             plan(
                 &remote(100, 200, 10),

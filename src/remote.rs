@@ -512,16 +512,8 @@ impl Drop for Primary {
 }
 
 // The logical slots, and this standby's physical slot ($physical) for its feedback.
-#[cfg(not(feature = "pg13"))]
 const REMOTE_SLOTS_QUERY: &str =
     "SELECT slot_name::text, plugin::text, database::text, two_phase::text,
-        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type
-   FROM pg_catalog.pg_replication_slots
-  WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical
-  ORDER BY slot_name";
-
-#[cfg(feature = "pg13")]
-const REMOTE_SLOTS_QUERY: &str = "SELECT slot_name::text, plugin::text, database::text, 'false',
         restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type
    FROM pg_catalog.pg_replication_slots
   WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical

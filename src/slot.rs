@@ -75,7 +75,7 @@ pub struct Local {
     pub active_pid: i32,
     pub two_phase: bool,
     pub two_phase_at: Lsn,
-    pub invalidated: bool,
+    pub invalidated: Option<crate::pgver::Invalidation>,
     pub restart_lsn: Lsn,
     pub confirmed_flush_lsn: Lsn,
     pub catalog_xmin: Xid,
@@ -92,8 +92,7 @@ impl Local {
             active_pid,
             two_phase: d.two_phase,
             two_phase_at: Lsn(d.two_phase_at),
-            // PostgreSQL 13-15 mark an invalidated slot this way.
-            invalidated: d.restart_lsn == 0 && d.invalidated_at != 0,
+            invalidated: crate::pgver::invalidation(d),
             restart_lsn: Lsn(d.restart_lsn),
             confirmed_flush_lsn: Lsn(d.confirmed_flush),
             catalog_xmin: Xid(d.catalog_xmin.into_inner()),
@@ -274,9 +273,7 @@ pub fn standby_flush_positions(names: &[String]) -> Vec<(String, Result<Lsn, &'s
             let state = match slots.iter().find(|(d, _)| name_str(&d.name) == *n) {
                 None => Err("does not exist"),
                 Some((d, _)) if d.database != pg_sys::InvalidOid => Err("is not a physical slot"),
-                Some((d, _)) if d.restart_lsn == 0 && d.invalidated_at != 0 => {
-                    Err("is invalidated")
-                }
+                Some((d, _)) if crate::pgver::invalidation(d).is_some() => Err("is invalidated"),
                 Some((d, _)) => Ok(Lsn(d.restart_lsn)),
             };
             (n.clone(), state)
@@ -456,18 +453,6 @@ pub fn create_temporary(
 pub static FAIL_AFTER_MARK: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-#[cfg(feature = "pg13")]
-unsafe fn create_slot(name: &CStr, _two_phase: bool) {
-    unsafe {
-        pg_sys::ReplicationSlotCreate(
-            name.as_ptr(),
-            true,
-            pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
-        )
-    }
-}
-
-#[cfg(not(feature = "pg13"))]
 unsafe fn create_slot(name: &CStr, two_phase: bool) {
     // SAFETY: see create_temporary.
     unsafe {

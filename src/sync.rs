@@ -325,7 +325,7 @@ fn unchanged(
     let l = local?;
     let same = l.ours
         && l.persistent
-        && !l.invalidated
+        && l.invalidated.is_none()
         && (!remote.two_phase || l.two_phase_at.is_valid())
         && !remote.is_invalidated()
         && positions(l)

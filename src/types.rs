@@ -97,6 +97,27 @@ impl FromStr for Xid {
 }
 
 /// One logical slot as the primary reports it in `pg_replication_slots`.
+/// Why a slot can no longer be used, as PostgreSQL 16 and 17 name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The WAL from its restart_lsn was removed (max_slot_wal_keep_size).
+    WalRemoved,
+    /// Catalog rows it needed were removed (a recovery conflict on a standby, 16+).
+    RowsRemoved,
+    /// The primary's wal_level went below logical (16+).
+    WalLevelInsufficient,
+}
+
+impl Invalidation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalidation::WalRemoved => "wal_removed",
+            Invalidation::RowsRemoved => "rows_removed",
+            Invalidation::WalLevelInsufficient => "wal_level_insufficient",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteSlot {
     pub name: String,
