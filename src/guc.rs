@@ -33,6 +33,7 @@ static SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"name_like:%"));
 static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static DROP_EXTRA_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static LOG_STANDBY_SNAPSHOT: GucSetting<bool> = GucSetting::<bool>::new(false);
 static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 static STANDBY_SLOTS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
@@ -122,6 +123,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
+    GucRegistry::define_bool_guc(
+        c"sync_logical_slot.log_standby_snapshot",
+        c"While a new copy waits for the primary's slot, ask the primary to log a running-xacts record (pg_log_standby_snapshot(), PostgreSQL 16).",
+        c"A write on the primary, so off by default: the worker's role needs EXECUTE on pg_log_standby_snapshot() there.",
+        &LOG_STANDBY_SNAPSHOT,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
     GucRegistry::define_int_guc(
         c"sync_logical_slot.standby_slots_min_confirmed",
         c"How many of standby_slot_names must have flushed a transaction before logical consumers receive it.",
@@ -180,6 +189,10 @@ pub fn naptime() -> Duration {
 
 pub fn drop_extra_slots() -> bool {
     DROP_EXTRA_SLOTS.get()
+}
+
+pub fn log_standby_snapshot() -> bool {
+    LOG_STANDBY_SNAPSHOT.get()
 }
 
 /// The named standbys' slots, or why the value does not parse: a malformed

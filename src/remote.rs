@@ -363,6 +363,18 @@ impl Primary {
         Ok(out)
     }
 
+    /// Asks the primary to log a running-xacts record now
+    /// (`pg_log_standby_snapshot()`, PostgreSQL 16; superuser-only unless
+    /// granted). Returns the record's LSN.
+    pub fn log_standby_snapshot(&mut self) -> Result<Lsn, SyncError> {
+        let lsn = self.query_value("SELECT pg_catalog.pg_log_standby_snapshot()::text")?;
+        lsn.as_deref().unwrap_or_default().parse().map_err(|e| {
+            SyncError::RemoteQuery(format!(
+                "unexpected answer from pg_log_standby_snapshot(): {e}"
+            ))
+        })
+    }
+
     /// The first column of the first row of a one-column query (None: no row, or NULL).
     fn query_value(&mut self, sql: &str) -> Result<Option<String>, SyncError> {
         let rows = self.query(sql, 1)?;

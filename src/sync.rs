@@ -42,6 +42,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -50,6 +51,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::error::SyncError;
 use crate::guc;
+use crate::pgver;
 use crate::plan::{self, Action, LocalSlot, StandbyPosition, State, Target};
 use crate::remote::Primary;
 use crate::slot;
@@ -88,7 +90,25 @@ pub struct Syncer {
     selected: Option<Vec<String>>,
     /// The primary lacked this standby's physical slot at the last pass (warned once).
     physical_missing: bool,
+    /// Why a slot's copy was replaced by a fresh one (it was invalidated on
+    /// this standby): shown as its `last_error` until the new copy is ready.
+    recopied: HashMap<String, String>,
+    snapshot_request: SnapshotRequest,
 }
+
+/// `sync_logical_slot.log_standby_snapshot`: when the primary was last asked
+/// for a running-xacts record, for which waiting copies, and what was said.
+#[derive(Default)]
+struct SnapshotRequest {
+    waiting: Vec<String>,
+    next_at: Option<Instant>,
+    interval: Duration,
+    said: Option<String>,
+}
+
+/// The first request follows a new copy at once; while the same copies wait
+/// (an idle consumer confirms nothing), requests back off to this.
+const SNAPSHOT_REQUEST_MAX_INTERVAL: Duration = Duration::from_secs(300);
 
 struct Outcome {
     state: State,
@@ -147,8 +167,18 @@ impl Syncer {
             self.say(r, &outcome);
             // SAFETY: reads the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            if let Some(cause) = local.filter(|l| l.ours).and_then(|l| l.invalidated) {
+                self.recopied.insert(
+                    r.name.clone(),
+                    format!(
+                        "the previous copy was invalidated on this standby ({}) and is copied afresh",
+                        cause.as_str()
+                    ),
+                );
+            }
             if outcome.state == State::Synced {
                 self.last_synced.insert(r.name.clone(), now);
+                self.recopied.remove(&r.name);
             }
             rows.push(SlotStatus {
                 name: r.name.clone(),
@@ -163,7 +193,8 @@ impl Syncer {
                 last_sync_at: self.last_synced.get(&r.name).copied().unwrap_or(0),
                 last_error: matches!(outcome.state, State::Error | State::Invalidated)
                     .then(|| outcome.reason.clone())
-                    .flatten(),
+                    .flatten()
+                    .or_else(|| self.recopied.get(&r.name).cloned()),
             });
         }
 
@@ -198,6 +229,7 @@ impl Syncer {
         }
         self.said.retain(|k, _| names.contains(k.as_str()));
         self.last_synced.retain(|k, _| names.contains(k.as_str()));
+        self.recopied.retain(|k, _| names.contains(k.as_str()));
 
         // Snapshot files older than every local slot's restart_lsn (core's own
         // rule). Never after a promotion: decoding writes its own files then.
@@ -219,7 +251,78 @@ impl Syncer {
             })
             .count() as u32;
         status::publish(&rows);
+        let waiting: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state == State::WaitingForRemote && r.local.is_some())
+            .map(|r| r.name.clone())
+            .collect();
+        self.request_snapshot(primary, waiting)?;
         Ok(counts)
+    }
+
+    /// With `sync_logical_slot.log_standby_snapshot` on, while copies wait for
+    /// the primary's slot to pass what this standby reserved: asks the
+    /// primary for a running-xacts record, which the slot's consumer decodes
+    /// and confirms past (else the next one comes from the primary's
+    /// bgwriter within 15 s while it writes, or at its next checkpoint while
+    /// it is idle). At once for a newly waiting copy, then backing off.
+    fn request_snapshot(
+        &mut self,
+        primary: &mut Primary,
+        waiting: Vec<String>,
+    ) -> Result<(), SyncError> {
+        let req = &mut self.snapshot_request;
+        if waiting.is_empty() || !guc::log_standby_snapshot() {
+            req.waiting.clear();
+            return Ok(());
+        }
+        if !pgver::HAS_LOG_STANDBY_SNAPSHOT {
+            let text = "sync_logical_slot.log_standby_snapshot is on, but pg_log_standby_snapshot() needs PostgreSQL 16: ignored".to_string();
+            if req.said.as_ref() != Some(&text) {
+                log(&text, None);
+                req.said = Some(text);
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        if waiting.iter().any(|n| !req.waiting.contains(n)) {
+            req.next_at = Some(now);
+            req.interval = Duration::from_secs(1);
+        }
+        req.waiting = waiting;
+        if req.next_at.is_some_and(|at| now < at) {
+            return Ok(());
+        }
+        req.next_at = Some(now + req.interval);
+        req.interval = (req.interval * 2).min(SNAPSHOT_REQUEST_MAX_INTERVAL);
+        match primary.log_standby_snapshot() {
+            Ok(lsn) => {
+                if req.said.is_some() {
+                    log(
+                        "the primary server logs running-xacts records for new copies again",
+                        Some(format!("pg_log_standby_snapshot() answered {lsn}.")),
+                    );
+                }
+                req.said = None;
+                Ok(())
+            }
+            Err(e @ (SyncError::Reloaded | SyncError::NotInRecovery)) => Err(e),
+            Err(e) => {
+                let text = e.to_string();
+                if req.said.as_ref() != Some(&text) {
+                    ErrorReport::new(
+                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                        "could not ask the primary server for a running-xacts record",
+                        "sync_logical_slot",
+                    )
+                    .set_detail(format!("{text}. New copies become ready once the primary logs one by itself (within 15 s while it writes)."))
+                    .set_hint("On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role, or turn sync_logical_slot.log_standby_snapshot off.")
+                    .report(PgLogLevel::WARNING);
+                    req.said = Some(text);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Nothing moved since the last pass (the long poll said so on the

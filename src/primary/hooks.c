@@ -20,7 +20,14 @@
  *   runs, waits until the standbys have flushed all WAL there is;
  * - a SIGUSR1 wrapper in walsenders that notices the one procsignal that asks
  *   a walsender to stop (PROCSIG_WALSND_INIT_STOPPING, sent by the
- *   checkpointer at shutdown), and nothing else.
+ *   checkpointer at shutdown), and nothing else;
+ * - on a PostgreSQL 16 standby (which can decode), the same two hooks refuse
+ *   to let a consumer use a copy this extension keeps: START_REPLICATION on
+ *   a copy fails before its first message, and so does a statement whose
+ *   decoding function (or pg_replication_slot_advance) names a copy. A
+ *   copy moved by a consumer on the standby would be ahead of the primary's
+ *   consumer, whose changes would then be missing after a failover. The
+ *   standby's own slots (made there by a consumer) are not affected.
  */
 #define _GNU_SOURCE				/* POLLRDHUP */
 #include "postgres.h"
@@ -28,6 +35,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
@@ -37,7 +45,10 @@
 #include "libpq/libpq.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "nodes/nodes.h"
+#include "nodes/params.h"
+#include "nodes/plannodes.h"
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "postmaster/interrupt.h"
@@ -50,6 +61,8 @@
 #include "storage/proc.h"
 #include "storage/procsignal.h"
 #include "storage/shmem.h"
+#include "catalog/pg_type_d.h"
+#include "utils/builtins.h"
 #include "utils/fmgrtab.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -72,6 +85,7 @@ extern int	sls_standbys_state(uint64 lsn, int waiter);
 extern void sls_warn_stop_detection(void);
 
 void		sls_install_hooks(void);
+static void refuse_copy(const char *slot_name);
 
 static ClientAuthentication_hook_type prev_client_auth = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
@@ -397,6 +411,9 @@ hold_xlogdata(XLogRecPtr lsn)
 static void
 xlogdata_message(char msgtype, const char *s, size_t len)
 {
+	/* CopyBothResponse: START_REPLICATION is about to stream. */
+	if (msgtype == 'W' && MyReplicationSlot != NULL && RecoveryInProgress())
+		refuse_copy(NameStr(MyReplicationSlot->data.name));
 	if (!watching_sigusr1)
 		watch_sigusr1();
 	if (msgtype == 'd' && len >= 1 + 8 && s[0] == 'w')
@@ -467,6 +484,169 @@ sls_client_authentication(Port *port, int status)
 	}
 }
 
+/* ---------------------------------------------------------------- standby copies */
+
+/*
+ * The file that marks a slot as a copy this extension made
+ * (pg_replslot/<name>/sync_logical_slot; OWNER_MARKER in src/slot.rs).
+ */
+#if PG_VERSION_NUM >= 160000
+static bool
+is_copy(const char *slot_name)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "pg_replslot/%s/sync_logical_slot", slot_name);
+	return stat(path, &st) == 0;
+}
+#endif
+
+/*
+ * On a standby, a consumer must not use a copy (16 can decode on a standby;
+ * 15 refuses any decoding there by itself, with its own message).
+ */
+static void
+refuse_copy(const char *slot_name)
+{
+#if PG_VERSION_NUM >= 160000
+	if (slot_name == NULL || !is_copy(slot_name))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("replication slot \"%s\" is a failover copy kept by sync_logical_slot and cannot be used on a standby",
+					slot_name),
+			 errdetail("Decoding from it here would move it past what the consumer of the primary's slot has confirmed, and those changes would be missing after a failover."),
+			 errhint("Consume this slot on the primary server. To decode on this standby, create a logical slot of its own here.")));
+#endif
+}
+
+/* The built-in functions that take a logical slot's name first. */
+#define SLS_SLOT_FUNCTIONS 5
+static Oid	slot_function_oids[SLS_SLOT_FUNCTIONS];
+
+static void
+look_up_slot_functions(void)
+{
+	static bool done = false;
+
+	if (done)
+		return;
+	/* The first four are the decoding functions the primary-side wait knows. */
+	slot_function_oids[0] = fmgr_internal_function("pg_logical_slot_get_changes");
+	slot_function_oids[1] = fmgr_internal_function("pg_logical_slot_peek_changes");
+	slot_function_oids[2] = fmgr_internal_function("pg_logical_slot_get_binary_changes");
+	slot_function_oids[3] = fmgr_internal_function("pg_logical_slot_peek_binary_changes");
+	slot_function_oids[4] = fmgr_internal_function("pg_replication_slot_advance");
+	done = true;
+}
+
+#if PG_VERSION_NUM >= 160000
+/*
+ * The slot name a call passes as a constant or as a parameter of the
+ * extended protocol; NULL when it is computed at run time (then the call is
+ * not refused here: docs/design.md says so).
+ */
+static const char *
+constant_slot_name(Node *arg, ParamListInfo params)
+{
+	if (arg == NULL)
+		return NULL;
+	if (IsA(arg, Const) && !((Const *) arg)->constisnull)
+	{
+		Const	   *c = (Const *) arg;
+
+		if (c->consttype == NAMEOID)
+			return NameStr(*DatumGetName(c->constvalue));
+		if (c->consttype == TEXTOID)
+			return TextDatumGetCString(c->constvalue);
+	}
+	if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN &&
+		params != NULL && params->paramFetch == NULL)
+	{
+		int			id = ((Param *) arg)->paramid;
+
+		if (id > 0 && id <= params->numParams && !params->params[id - 1].isnull)
+		{
+			ParamExternData *p = &params->params[id - 1];
+
+			if (p->ptype == NAMEOID)
+				return NameStr(*DatumGetName(p->value));
+			if (p->ptype == TEXTOID)
+				return TextDatumGetCString(p->value);
+		}
+	}
+	return NULL;
+}
+
+static bool
+refuse_copies_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, FuncExpr))
+	{
+		FuncExpr   *f = (FuncExpr *) node;
+
+		for (int i = 0; i < SLS_SLOT_FUNCTIONS; i++)
+			if (f->funcid == slot_function_oids[i] && f->args != NIL)
+				refuse_copy(constant_slot_name(linitial(f->args), (ParamListInfo) context));
+	}
+	return expression_tree_walker(node, refuse_copies_walker, context);
+}
+
+static void
+refuse_copies_in_plan(Plan *plan, ParamListInfo params)
+{
+	ListCell   *lc;
+
+	if (plan == NULL)
+		return;
+	check_stack_depth();
+	refuse_copies_walker((Node *) plan->targetlist, params);
+	refuse_copies_walker((Node *) plan->qual, params);
+	switch (nodeTag(plan))
+	{
+		case T_FunctionScan:
+			refuse_copies_walker((Node *) ((FunctionScan *) plan)->functions, params);
+			break;
+		case T_ValuesScan:
+			refuse_copies_walker((Node *) ((ValuesScan *) plan)->values_lists, params);
+			break;
+		case T_Result:
+			refuse_copies_walker(((Result *) plan)->resconstantqual, params);
+			break;
+		case T_Append:
+			foreach(lc, ((Append *) plan)->appendplans)
+				refuse_copies_in_plan(lfirst(lc), params);
+			break;
+		case T_MergeAppend:
+			foreach(lc, ((MergeAppend *) plan)->mergeplans)
+				refuse_copies_in_plan(lfirst(lc), params);
+			break;
+		case T_SubqueryScan:
+			refuse_copies_in_plan(((SubqueryScan *) plan)->subplan, params);
+			break;
+		default:
+			break;
+	}
+	refuse_copies_in_plan(plan->lefttree, params);
+	refuse_copies_in_plan(plan->righttree, params);
+}
+
+/* A statement on a standby that would decode from, or advance, a copy. */
+static void
+refuse_copies_in_statement(QueryDesc *qd)
+{
+	ListCell   *lc;
+
+	look_up_slot_functions();
+	refuse_copies_in_plan(qd->plannedstmt->planTree, qd->params);
+	foreach(lc, qd->plannedstmt->subplans)
+		refuse_copies_in_plan(lfirst(lc), qd->params);
+}
+#endif
+
 /* ---------------------------------------------------------------- SQL decoding */
 
 /*
@@ -475,15 +655,11 @@ sls_client_authentication(Port *port, int status)
  * the built-in functions, which bypass fmgr_hook).
  */
 static bool
-uses_decoding_functions(QueryDesc *qd)
+names_slot_functions(QueryDesc *qd, bool with_advance)
 {
-	static Oid	oids[4];
-	static bool have_oids = false;
 	const char *text;
 	const char *p;
 	size_t		length;
-	char	   *plan;
-	bool		found = false;
 
 	if (qd == NULL || qd->sourceText == NULL || qd->plannedstmt == NULL)
 		return false;
@@ -501,26 +677,32 @@ uses_decoding_functions(QueryDesc *qd)
 	}
 	if (qd->plannedstmt->stmt_len > 0 && qd->plannedstmt->stmt_len < length)
 		length = qd->plannedstmt->stmt_len;
-	for (p = text; p + 13 <= text + length; p++)
-		if (pg_strncasecmp(p, "logical_slot_", 13) == 0)
+	for (p = text; p + 12 <= text + length; p++)
+		if ((p + 13 <= text + length && pg_strncasecmp(p, "logical_slot_", 13) == 0) ||
+			(with_advance && pg_strncasecmp(p, "slot_advance", 12) == 0))
 			break;
-	if (p + 13 > text + length)
+	if (p + 12 > text + length)
+		return false;
+	return true;
+}
+
+static bool
+uses_decoding_functions(QueryDesc *qd)
+{
+	char	   *plan;
+	bool		found = false;
+
+	if (!names_slot_functions(qd, false))
 		return false;
 
-	if (!have_oids)
-	{
-		oids[0] = fmgr_internal_function("pg_logical_slot_get_changes");
-		oids[1] = fmgr_internal_function("pg_logical_slot_peek_changes");
-		oids[2] = fmgr_internal_function("pg_logical_slot_get_binary_changes");
-		oids[3] = fmgr_internal_function("pg_logical_slot_peek_binary_changes");
-		have_oids = true;
-	}
+	look_up_slot_functions();
 	plan = nodeToString(qd->plannedstmt);
+	/* The four decoding functions, not pg_replication_slot_advance. */
 	for (int i = 0; i < 4 && !found; i++)
 	{
 		char		needle[32];
 
-		snprintf(needle, sizeof(needle), ":funcid %u ", oids[i]);
+		snprintf(needle, sizeof(needle), ":funcid %u ", slot_function_oids[i]);
 		found = strstr(plan, needle) != NULL;
 	}
 	pfree(plan);
@@ -549,8 +731,15 @@ wait_before_sql_decoding(void)
 static void
 sls_executor_run(QueryDesc *qd, ScanDirection direction, uint64 count, bool execute_once)
 {
-	if (!RecoveryInProgress() && uses_decoding_functions(qd))
-		wait_before_sql_decoding();
+	if (!RecoveryInProgress())
+	{
+		if (uses_decoding_functions(qd))
+			wait_before_sql_decoding();
+	}
+#if PG_VERSION_NUM >= 160000
+	else if (names_slot_functions(qd, true))
+		refuse_copies_in_statement(qd);
+#endif
 	if (prev_executor_run)
 		prev_executor_run(qd, direction, count, execute_once);
 	else
