@@ -46,6 +46,50 @@ pub fn invalidation(d: &pg_sys::ReplicationSlotPersistentData) -> Option<Invalid
     }
 }
 
+/// Reserves WAL for the slot this process holds (`MyReplicationSlot`, just
+/// created, on a standby) from the last restartpoint's redo pointer, which
+/// the standby keeps for its own crash recovery: what 15's
+/// ReplicationSlotReserveWal does in recovery. A temporary copy then holds
+/// WAL from before the primary's slot usually restarts, and becomes
+/// persistent at once when the primary's slot is already past it.
+///
+/// # Safety
+/// This process holds a newly created slot with no WAL reserved yet.
+#[cfg(feature = "pg15")]
+pub unsafe fn reserve_wal_from_redo() {
+    // SAFETY: as documented; 15 reserves from the redo pointer in recovery.
+    unsafe { pg_sys::ReplicationSlotReserveWal() }
+}
+
+/// See the 15 version. 16's ReplicationSlotReserveWal reserves a logical slot
+/// in recovery from the *replay* position instead (made for decoding on the
+/// standby), and a copy would then wait for the primary's slot to pass that
+/// point, up to the primary's next running-xacts record, even when the
+/// primary's slot already restarts from WAL the standby holds. So the redo
+/// pointer is reserved here the way core does it: set, recompute the
+/// required LSN, and retry if a concurrent restartpoint removed that segment.
+///
+/// # Safety
+/// This process holds a newly created slot with no WAL reserved yet.
+#[cfg(feature = "pg16")]
+pub unsafe fn reserve_wal_from_redo() {
+    // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        let segment = pg_sys::wal_segment_size.max(1) as u64;
+        loop {
+            let lsn = pg_sys::GetRedoRecPtr();
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            (*slot).data.restart_lsn = lsn;
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+            if pg_sys::XLogGetLastRemovedSegno() < lsn / segment {
+                break;
+            }
+        }
+    }
+}
+
 /// A copy of a GUC string value, allocated the way this major's GUC code frees it.
 ///
 /// # Safety

@@ -425,8 +425,8 @@ pub fn create_temporary(
         }
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
 
-        // In recovery this reserves from the last restartpoint's redo pointer.
-        pg_sys::ReplicationSlotReserveWal();
+        // From the last restartpoint's redo pointer, on 15 and 16 alike.
+        crate::pgver::reserve_wal_from_redo();
 
         pg_sys::LWLockAcquire(main_lock(PROC_ARRAY_LOCK), pg_sys::LWLockMode::LW_EXCLUSIVE);
         let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
