@@ -5,7 +5,17 @@
 //! that pgrx picks (PGRX_PG_CONFIG_PATH, else cargo-pgrx's config.toml entry
 //! for the enabled `pgNN` feature).
 
+/// The one line for PostgreSQL 17 and later (README "Migrating to PostgreSQL 17").
+const REFUSAL_17: &str = "sync_logical_slot is for PostgreSQL 15 and 16; PostgreSQL 17 synchronizes failover slots itself (sync_replication_slots): see README \"Migrating to PostgreSQL 17\"";
+
 fn main() {
+    if ["17", "18"]
+        .iter()
+        .any(|m| std::env::var_os(format!("CARGO_FEATURE_PG{m}")).is_some())
+    {
+        eprintln!("{REFUSAL_17}");
+        std::process::exit(1);
+    }
     let major = ["15", "16"]
         .into_iter()
         .find(|m| std::env::var_os(format!("CARGO_FEATURE_PG{m}")).is_some())

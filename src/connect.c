@@ -103,7 +103,7 @@ sls_connect(const char *conninfo, const char *appname, char **err)
 	const char *keys[5];
 	const char *vals[5];
 	PGconn	   *conn;
-	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+	volatile PostgresPollingStatusType status = PGRES_POLLING_WRITING;
 	WalReceiverConn *result;
 
 	if (!find_libpq(err))

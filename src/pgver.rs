@@ -25,6 +25,14 @@ pub const DECODING_ON_STANDBY: bool = MAJOR >= 16;
 /// `pg_log_standby_snapshot()` exists on the primary (16+).
 pub const HAS_LOG_STANDBY_SNAPSHOT: bool = MAJOR >= 16;
 
+/// The primary's `pg_replication_slots` column (as text) that says a logical
+/// slot was invalidated by a conflict with recovery while that server was a
+/// standby (16's `conflicting`); 15 has no such invalidation.
+#[cfg(feature = "pg15")]
+pub const CONFLICTING_COLUMN: &str = "'false'";
+#[cfg(feature = "pg16")]
+pub const CONFLICTING_COLUMN: &str = "coalesce(conflicting, false)::text";
+
 /// Whether, and why, a slot is invalidated, from its persistent data.
 #[cfg(feature = "pg15")]
 pub fn invalidation(d: &pg_sys::ReplicationSlotPersistentData) -> Option<Invalidation> {

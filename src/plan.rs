@@ -145,22 +145,23 @@ pub fn plan(
     database_exists: bool,
     snapshot_held: bool,
 ) -> Action {
-    if remote.is_invalidated() {
+    if let Some(cause) = remote.invalidation_cause() {
         // Its consumer cannot go on from it on the primary either. A copy of
         // ours would only pin the standby's WAL and catalog rows for ever.
         return match local {
             Some(l) if l.ours => Action::Drop {
                 state: State::Invalidated,
-                reason: "the slot is invalidated on the primary; its copy is dropped, so that it holds no WAL or catalog rows on this standby".into(),
+                reason: format!("the slot is invalidated on the primary ({cause}); its copy is dropped, so that it holds no WAL or catalog rows on this standby"),
             },
             Some(_) => Action::Skip {
                 state: State::Invalidated,
-                reason: "the slot is invalidated on the primary".into(),
+                reason: format!("the slot is invalidated on the primary ({cause})"),
             },
             None => Action::Skip {
                 state: State::Invalidated,
-                reason: "the slot is invalidated on the primary; this standby keeps no copy of it"
-                    .into(),
+                reason: format!(
+                    "the slot is invalidated on the primary ({cause}); this standby keeps no copy of it"
+                ),
             },
         };
     }
@@ -392,6 +393,7 @@ mod tests {
             confirmed_flush_lsn: Lsn(confirmed),
             catalog_xmin: Xid(xmin),
             wal_status: "reserved".into(),
+            conflicting: false,
         }
     }
 

@@ -392,8 +392,10 @@ impl Primary {
         &mut self,
         physical_slot: &str,
     ) -> Result<(Vec<RemoteSlot>, Option<Xid>), SyncError> {
-        let sql = REMOTE_SLOTS_QUERY.replace("$physical", &pgrx::spi::quote_literal(physical_slot));
-        let rows = self.query(&sql, 9)?;
+        let sql = REMOTE_SLOTS_QUERY
+            .replace("$physical", &pgrx::spi::quote_literal(physical_slot))
+            .replace("$conflicting", crate::pgver::CONFLICTING_COLUMN);
+        let rows = self.query(&sql, 10)?;
         let mut logical = Vec::with_capacity(rows.len());
         let mut feedback = None;
         for row in rows {
@@ -523,10 +525,12 @@ impl Drop for Primary {
     }
 }
 
-// The logical slots, and this standby's physical slot ($physical) for its feedback.
+// The logical slots, and this standby's physical slot ($physical) for its
+// feedback; $conflicting is pgver::CONFLICTING_COLUMN.
 const REMOTE_SLOTS_QUERY: &str =
     "SELECT slot_name::text, plugin::text, database::text, two_phase::text,
-        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type
+        restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type,
+        $conflicting
    FROM pg_catalog.pg_replication_slots
   WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical
   ORDER BY slot_name";
@@ -556,6 +560,7 @@ pub fn parse_slot_row(row: &[Option<String>]) -> Result<RemoteSlot, SyncError> {
             Some(s) => s.parse().map_err(bad)?,
         },
         wal_status: col(7),
+        conflicting: matches!(col(9).as_str(), "true" | "t"),
     })
 }
 

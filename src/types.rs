@@ -134,15 +134,31 @@ pub struct RemoteSlot {
     pub catalog_xmin: Xid,
     /// `reserved`, `extended`, `unreserved`, `lost`, or empty when the slot holds no WAL.
     pub wal_status: String,
+    /// PostgreSQL 16's `conflicting`: invalidated by a conflict with
+    /// recovery while the primary was itself a standby (rows_removed or
+    /// wal_level_insufficient; the view does not say which). False on 15.
+    pub conflicting: bool,
 }
 
 impl RemoteSlot {
     /// The primary can no longer decode from this slot: copying it is
-    /// pointless. Invalidation clears `restart_lsn`; `wal_status = 'lost'`
-    /// alone can be transient (PostgreSQL 15 reports it for an inactive slot
-    /// whose old segment a checkpoint removed after its restart_lsn moved).
+    /// pointless. Invalidation for removed WAL clears `restart_lsn`;
+    /// `wal_status = 'lost'` alone can be transient (PostgreSQL 15 reports it
+    /// for an inactive slot whose old segment a checkpoint removed after its
+    /// restart_lsn moved).
     pub fn is_invalidated(&self) -> bool {
-        self.wal_status == "lost" && !self.restart_lsn.is_valid()
+        self.invalidation_cause().is_some()
+    }
+
+    /// Why the primary's slot is invalidated, as PostgreSQL 16 names it.
+    pub fn invalidation_cause(&self) -> Option<&'static str> {
+        if self.conflicting {
+            Some("rows_removed or wal_level_insufficient")
+        } else if self.wal_status == "lost" && !self.restart_lsn.is_valid() {
+            Some(Invalidation::WalRemoved.as_str())
+        } else {
+            None
+        }
     }
 
     /// The slot is still being created on the primary (no consistent point yet).
@@ -392,6 +408,7 @@ mod tests {
             confirmed_flush_lsn: Lsn(1),
             catalog_xmin: Xid(5),
             wal_status: "reserved".into(),
+            conflicting: false,
         };
         assert!(!s.is_invalidated());
         s.wal_status = "lost".into();
@@ -406,5 +423,32 @@ mod tests {
         s.restart_lsn = Lsn::INVALID;
         assert!(!s.is_invalidated(), "no restart_lsn yet is not invalidated");
         assert!(s.is_being_created());
+    }
+
+    #[test]
+    fn conflicting_remote_slot_is_invalidated_with_its_cause() {
+        let mut s = RemoteSlot {
+            two_phase_at: Lsn(0),
+            name: "s".into(),
+            plugin: "p".into(),
+            database: "d".into(),
+            two_phase: false,
+            restart_lsn: Lsn(1),
+            confirmed_flush_lsn: Lsn(1),
+            catalog_xmin: Xid(5),
+            wal_status: "lost".into(),
+            conflicting: false,
+        };
+        assert_eq!(s.invalidation_cause(), None);
+        // 16 keeps restart_lsn for a slot invalidated by a recovery conflict.
+        s.conflicting = true;
+        assert!(s.is_invalidated());
+        assert_eq!(
+            s.invalidation_cause(),
+            Some("rows_removed or wal_level_insufficient")
+        );
+        s.conflicting = false;
+        s.restart_lsn = Lsn(0);
+        assert_eq!(s.invalidation_cause(), Some("wal_removed"));
     }
 }
