@@ -867,3 +867,17 @@ pub fn sql_in_thread(port: u16, sql: &str) -> std::thread::JoinHandle<Result<Str
     let sql = sql.to_string();
     std::thread::spawn(move || run_sql(port, "postgres", &sql))
 }
+
+/// The major version of the PostgreSQL under test (`bindir()/pg_config
+/// --version`, e.g. "PostgreSQL 16.2" gives 16).
+pub fn pg_major() -> u32 {
+    let out = Command::new(bindir().join("pg_config"))
+        .arg("--version")
+        .output()
+        .expect("run pg_config --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("cannot tell the major version from {text:?}"))
+}

@@ -1,0 +1,693 @@
+//! # PostgreSQL 16: decoding on a standby, and what it changes for the copies
+//!
+//! ```text
+//!  primary                               --streaming, slot "standby1"-->  standby1 (16: can decode)
+//!    s1, s2 ... (consumed here)                                            copies of s1, s2 ...
+//!                                                                          standby_own, clash: its own slots
+//! ```
+//! - A consumer on the standby never uses a copy: pg_recvlogical, the SQL
+//!   decoding functions and pg_replication_slot_advance are refused (55000),
+//!   whether the name is a constant or a parameter, and the copy does not move.
+//! - The standby's own slots (made there by a consumer) are consumable there,
+//!   and no sync pass moves, drops or reports them, also when the primary has
+//!   a slot of the same name.
+//! - A copy invalidated by the standby itself (a recovery conflict,
+//!   rows_removed) is dropped and copied afresh; the status view says why
+//!   until the new copy is synced, and the other slots sync meanwhile.
+//! - `sync_logical_slot.log_standby_snapshot`: only when on does the worker
+//!   ask the primary for a running-xacts record for a waiting copy; without
+//!   EXECUTE on pg_log_standby_snapshot() it warns, with a hint.
+//!
+//! On PostgreSQL 15 none of this applies: each test says so in one line and returns.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const REFUSED: &str =
+    "is a failover copy kept by sync_logical_slot and cannot be used on a standby";
+
+/// True (after one line saying why) when the server under test is older than 16.
+fn skipped_before_16(why: &str) -> bool {
+    let major = pg_major();
+    if major < 16 {
+        println!("skipped on PostgreSQL {major}: {why}");
+        return true;
+    }
+    false
+}
+
+/// A slot's positions and state: restart_lsn|confirmed_flush_lsn|catalog_xmin|temporary|active.
+fn slot_row(node: &Node, slot: &str) -> String {
+    node.sql(&format!(
+        "SELECT concat_ws('|', restart_lsn, confirmed_flush_lsn, catalog_xmin, temporary, active)
+           FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ))
+}
+
+/// Brings the standby's copy of `slot` (of database `db`) to where the
+/// primary's slot stands, ready. On 16 a new copy reserves WAL from the
+/// standby's replay position: it becomes persistent once the primary's slot
+/// has decoded a running-xacts record logged after that and confirmed past
+/// it. So: log one, consume, until the copy is persistent.
+fn settle_copy(primary: &Node, standby: &Node, db: &str, slot: &str) {
+    let persistent =
+        format!("SELECT NOT temporary FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        primary.sql("SELECT pg_log_standby_snapshot()");
+        primary.sql_in(
+            db,
+            &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"),
+        );
+        standby.wait_for_catchup(primary);
+        sleep(Duration::from_millis(300));
+        if standby.try_sql(&persistent).as_deref() == Ok("t") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy of {slot} never became persistent; status: {:?}\n--- log of {} ---\n{}",
+            standby.try_sql("SELECT * FROM sync_logical_slot_status"),
+            standby.name,
+            standby.log_tail()
+        );
+    }
+    wait_for_copy(standby, primary, slot);
+}
+
+/// Creates logical slot `name` (test_decoding) on the standby itself. There,
+/// creation waits for a running-xacts record from the primary: one is asked
+/// for, again and again, until the creation returns.
+fn create_on_standby(primary: &Node, standby: &Node, name: &str) {
+    let creating = sql_in_thread(
+        standby.port,
+        &format!("SELECT pg_create_logical_replication_slot('{name}', 'test_decoding')"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !creating.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "creating slot {name} on the standby did not finish\n{}",
+            standby.log_tail()
+        );
+        primary.sql("SELECT pg_log_standby_snapshot()");
+        sleep(Duration::from_millis(200));
+    }
+    let created = creating.join().unwrap();
+    assert!(
+        created.is_ok(),
+        "creating {name} on the standby: {created:?}"
+    );
+}
+
+/// Runs a psql script (SQL and backslash commands) in database postgres on
+/// `node` with verbose errors (SQLSTATE shown): Ok(stdout) or Err(stderr).
+fn psql_script(node: &Node, script: &str) -> Result<String, String> {
+    let mut child = psql(node.port, "postgres")
+        .args(["-v", "VERBOSITY=verbose", "-A", "-t", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .expect("write to psql");
+    let out = child.wait_with_output().expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+    }
+}
+
+/// Runs `cmd` to its end, killed (and the test failed) if it outlives the deadline.
+fn output_within_deadline(mut cmd: Command, what: &str) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let pid = child.id().to_string();
+            let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+            let _ = child.kill();
+            panic!("{what} still running after {DEADLINE:?}");
+        }
+        sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn sync_passes(standby: &Node, n: usize) {
+    for _ in 0..n {
+        standby.sql("SELECT * FROM sync_logical_slot_sync_now()");
+    }
+}
+
+/// A consumer on the standby is refused a copy, however it names it; the
+/// copy stays where the primary's consumer left it, synced.
+#[test]
+fn a_copy_is_refused_to_consumers_on_the_standby() {
+    if skipped_before_16("logical decoding on a standby is new in 16") {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_refused");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let standby = dir.standby("standby1", &primary);
+    // The SQLSTATE of every message, also the walsender's.
+    standby.append_conf("log_line_prefix = '%m [%p] %b %e '");
+    standby.start();
+
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    primary.sql("INSERT INTO t VALUES (1, 'consumed')");
+    settle_copy(&primary, &standby, "postgres", "s1");
+    // A change not consumed yet: decoding the copy would return it.
+    primary.sql("INSERT INTO t VALUES (2, 'not consumed')");
+    standby.wait_for_catchup(&primary);
+    let copy_before = slot_row(&standby, "s1");
+    let primary_before = slot_row(&primary, "s1");
+
+    // Streaming replication: refused before the first message.
+    let offset = standby.log_offset();
+    let endpos = standby.sql("SELECT pg_last_wal_replay_lsn()");
+    let file = dir.path.join("s1-on-standby.out");
+    let mut recv = recvlogical_command(&standby, "s1", &file);
+    recv.args(["-E", &endpos]);
+    let out = output_within_deadline(recv, "pg_recvlogical on the standby's copy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("replication slot \"s1\" {REFUSED}")),
+        "pg_recvlogical on the copy: {}\n{stderr}",
+        out.status
+    );
+    assert!(
+        inserted_ids(&std::fs::read_to_string(&file).unwrap_or_default()).is_empty(),
+        "pg_recvlogical received changes from the copy"
+    );
+    standby.wait_for_log(
+        &format!("walsender 55000 ERROR:  replication slot \"s1\" {REFUSED}"),
+        offset,
+    );
+
+    // SQL, the slot named by a constant: every function that moves or reads a slot.
+    let refused = format!("ERROR:  55000: replication slot \"s1\" {REFUSED}");
+    for sql in [
+        "SELECT count(*) FROM pg_logical_slot_get_changes('s1', NULL, NULL)",
+        "SELECT count(*) FROM pg_logical_slot_peek_changes('s1', NULL, NULL)",
+        "SELECT count(*) FROM pg_logical_slot_get_binary_changes('s1', NULL, NULL)",
+        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('s1', NULL, NULL)",
+        "SELECT pg_logical_slot_get_changes('s1', NULL, NULL)",
+        "SELECT pg_replication_slot_advance('s1', pg_last_wal_replay_lsn())",
+        "SELECT * FROM pg_replication_slot_advance('s1', pg_last_wal_replay_lsn())",
+        // Prepared: a custom plan (the name a constant), then a generic one (a parameter).
+        "PREPARE p(name) AS SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL);
+         EXECUTE p('s1');",
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE p(name) AS SELECT count(*) FROM pg_logical_slot_get_changes($1, NULL, NULL);
+         EXECUTE p('s1');",
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE a(name) AS SELECT pg_replication_slot_advance($1, pg_last_wal_replay_lsn());
+         EXECUTE a('s1');",
+        // The extended protocol, the name a bound parameter.
+        "SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL) \\bind s1 \\g",
+        "SET plan_cache_mode = force_generic_plan;
+         SELECT count(*) FROM pg_logical_slot_get_changes($1, NULL, NULL) \\bind s1 \\g",
+        "SET plan_cache_mode = force_generic_plan;
+         SELECT pg_replication_slot_advance($1, pg_last_wal_replay_lsn()) \\bind s1 \\g",
+    ] {
+        let got = psql_script(&standby, sql);
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains(&refused)),
+            "on the standby: {sql}\n{got:?}"
+        );
+    }
+
+    // The copy did not move, nor did the primary's slot, and it is still synced.
+    assert_eq!(slot_row(&standby, "s1"), copy_before);
+    assert_eq!(slot_row(&primary, "s1"), primary_before);
+    assert_eq!(
+        standby.sql("SELECT state, ready FROM sync_logical_slot_status WHERE slot_name = 's1'"),
+        "synced|t"
+    );
+    // The primary's consumer still gets row 2.
+    let got = primary
+        .sql("SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('s1', NULL, NULL)");
+    assert_eq!(inserted_ids(&got), vec![2], "{got}");
+}
+
+/// The standby's own logical slots are its consumers': decoding works there,
+/// and the sync (drop_extra_slots on) never moves, drops or reports them,
+/// also one whose name the primary uses too.
+#[test]
+fn the_standbys_own_slots_are_never_touched() {
+    if skipped_before_16("logical decoding on a standby is new in 16") {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_own_slots");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    assert_eq!(standby.sql("SHOW sync_logical_slot.drop_extra_slots"), "on");
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    settle_copy(&primary, &standby, "postgres", "s1");
+
+    create_on_standby(&primary, &standby, "standby_own");
+    for id in 1..=3 {
+        primary.sql(&format!("INSERT INTO t VALUES ({id}, 'own')"));
+    }
+    standby.wait_for_catchup(&primary);
+    let got = standby.sql(
+        "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('standby_own', NULL, NULL)",
+    );
+    assert_eq!(inserted_ids(&got), vec![1, 2, 3], "{got}");
+    // Streamed too.
+    primary.sql("INSERT INTO t VALUES (4, 'own')");
+    standby.wait_for_catchup(&primary);
+    let endpos = standby.sql("SELECT pg_last_wal_replay_lsn()");
+    let streamed = recvlogical(
+        &standby,
+        "standby_own",
+        None,
+        &endpos,
+        &dir.path.join("own.out"),
+    );
+    assert_eq!(inserted_ids(&streamed), vec![4], "{streamed}");
+    standby.poll_query_until(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'standby_own'",
+        "f",
+    );
+    let own = slot_row(&standby, "standby_own");
+
+    // Sync passes that do work: s1 moves on the primary each time.
+    for id in 10..13 {
+        primary.sql(&format!("INSERT INTO t VALUES ({id}, 'pass')"));
+        primary.sql("SELECT pg_log_standby_snapshot()");
+        primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('s1', NULL, NULL)");
+        standby.wait_for_catchup(&primary);
+        sync_passes(&standby, 1);
+    }
+    wait_for_copy(&standby, &primary, "s1");
+    sync_passes(&standby, 2);
+    assert_eq!(slot_row(&standby, "standby_own"), own);
+    assert!(!standby
+        .datadir()
+        .join("pg_replslot/standby_own/sync_logical_slot")
+        .exists());
+    assert_eq!(
+        standby.sql("SELECT string_agg(slot_name, ',') FROM sync_logical_slot_status"),
+        "s1"
+    );
+
+    // A slot of the standby's own whose name the primary then uses: reported, not touched.
+    create_on_standby(&primary, &standby, "clash");
+    let clash = slot_row(&standby, "clash");
+    primary.sql("SELECT pg_create_logical_replication_slot('clash', 'test_decoding')");
+    standby.poll_query_until(
+        "SELECT state || '|' || last_error FROM sync_logical_slot_status WHERE slot_name = 'clash'",
+        "error|a slot of this name exists on the standby and was not created by sync_logical_slot",
+    );
+    sync_passes(&standby, 3);
+    assert_eq!(slot_row(&standby, "clash"), clash);
+
+    // Gone from the primary: the copy goes, the standby's own slots stay.
+    primary.sql("SELECT pg_drop_replication_slot('s1')");
+    primary.sql("SELECT pg_drop_replication_slot('clash')");
+    standby.poll_query_until(
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots WHERE slot_type = 'logical'",
+        "clash,standby_own",
+    );
+    sync_passes(&standby, 2);
+    assert_eq!(slot_row(&standby, "standby_own"), own);
+    assert_eq!(slot_row(&standby, "clash"), clash);
+    assert_eq!(
+        standby.sql("SELECT count(*) FROM sync_logical_slot_status"),
+        "0"
+    );
+
+    // And their consumers go on from where they were.
+    primary.sql("INSERT INTO t VALUES (20, 'after')");
+    standby.wait_for_catchup(&primary);
+    let got = standby.sql(
+        "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('standby_own', NULL, NULL)",
+    );
+    assert_eq!(inserted_ids(&got), vec![10, 11, 12, 20], "{got}");
+    let got = standby.sql(
+        "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('clash', NULL, NULL)",
+    );
+    assert_eq!(inserted_ids(&got), vec![20], "{got}");
+}
+
+const RECOPIED: &str =
+    "the previous copy was invalidated on this standby (rows_removed) and is copied afresh";
+
+/// A recovery conflict invalidates a copy on the standby (rows_removed): it
+/// is dropped and copied afresh, the view says why until the new copy is
+/// synced, and the other slot syncs meanwhile.
+///
+/// How: while the standby is down and its copies held back (nothing
+/// selected), the primary forgets the standby's feedback (its physical slot
+/// made anew), moves its slots past catalog rows deleted in database app and
+/// vacuums them away. Replaying that vacuum, the standby invalidates the copy
+/// of s1 (database app, catalog_xmin older than those rows); the copy of s2
+/// (database postgres) has no conflict.
+#[test]
+fn a_copy_invalidated_on_the_standby_is_copied_afresh() {
+    if skipped_before_16(
+        "a standby invalidates a logical slot on a recovery conflict (rows_removed) from 16 on",
+    ) {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_recopy");
+    let primary = dir.primary("primary");
+    // No vacuum but the test's; the WAL the standby misses while down is kept.
+    primary.append_conf("autovacuum = off\nwal_keep_size = '1GB'");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    primary.sql("CREATE DATABASE app");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    primary.sql_in(
+        "app",
+        "SELECT pg_create_logical_replication_slot('s1', 'test_decoding')",
+    );
+    primary.sql("SELECT pg_create_logical_replication_slot('s2', 'test_decoding')");
+    settle_copy(&primary, &standby, "app", "s1");
+    settle_copy(&primary, &standby, "postgres", "s2");
+    let copy_xmin: i64 = standby
+        .sql("SELECT catalog_xmin FROM pg_replication_slots WHERE slot_name = 's1'")
+        .parse()
+        .unwrap();
+
+    // Keep the copies as they are: nothing selected, nothing dropped.
+    let offset = standby.log_offset();
+    standby.sql("ALTER SYSTEM SET sync_logical_slot.slot_names = 'nothing_selected'");
+    standby.sql("ALTER SYSTEM SET sync_logical_slot.drop_extra_slots = off");
+    standby.reload();
+    standby.wait_for_log(
+        "sync_logical_slot.slot_names = 'nothing_selected' selects none of them",
+        offset,
+    );
+    standby.stop();
+
+    // The primary forgets the standby's feedback...
+    primary.sql("SELECT pg_drop_replication_slot('standby1')");
+    primary.sql("SELECT pg_create_physical_replication_slot('standby1', true)");
+    // ...deletes catalog rows of database app...
+    for i in 0..5 {
+        primary.sql_in("app", &format!("CREATE TABLE churn{i} (a int, b text)"));
+        primary.sql_in("app", &format!("DROP TABLE churn{i}"));
+    }
+    let after_churn: i64 = primary.sql("SELECT txid_current()").parse().unwrap();
+    assert!(copy_xmin < after_churn);
+    // ...its slots move past them...
+    let deadline = Instant::now() + DEADLINE;
+    let passed = format!(
+        "SELECT bool_and(catalog_xmin::text::bigint > {after_churn}) FROM pg_replication_slots WHERE slot_type = 'logical'"
+    );
+    loop {
+        primary.sql("SELECT pg_log_standby_snapshot()");
+        primary.sql_in(
+            "app",
+            "SELECT count(*) FROM pg_logical_slot_get_changes('s1', NULL, NULL)",
+        );
+        primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('s2', NULL, NULL)");
+        if primary.sql(&passed) == "t" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary's slots stay behind xid {after_churn}: {}",
+            primary.sql(LOGICAL_SLOTS)
+        );
+        sleep(Duration::from_millis(200));
+    }
+    // ...and vacuums them away.
+    primary.sql_in("app", "VACUUM pg_class, pg_attribute, pg_type, pg_depend");
+
+    // Replaying the vacuum, the standby invalidates the copy of s1 only.
+    standby.start();
+    standby.poll_query_until(
+        "SELECT conflicting FROM pg_replication_slots WHERE slot_name = 's1'",
+        "t",
+    );
+    assert_eq!(
+        standby.sql("SELECT conflicting FROM pg_replication_slots WHERE slot_name = 's2'"),
+        "f"
+    );
+
+    // Selected again: s1 is copied afresh, and the view says why.
+    let offset = standby.log_offset();
+    standby.sql("ALTER SYSTEM RESET sync_logical_slot.slot_names");
+    standby.sql("ALTER SYSTEM RESET sync_logical_slot.drop_extra_slots");
+    standby.reload();
+    let at = standby.wait_for_log("re-creating replication slot \"s1\"", offset);
+    standby.wait_for_log(
+        "DETAIL:  The copy was invalidated on this standby (rows_removed): it is dropped and copied afresh.",
+        at,
+    );
+    standby.poll_query_until(
+        "SELECT last_error FROM sync_logical_slot_status WHERE slot_name = 's1'",
+        RECOPIED,
+    );
+    assert_eq!(
+        standby.sql("SELECT conflicting FROM pg_replication_slots WHERE slot_name = 's1'"),
+        "f",
+        "the copy of s1 is a new one"
+    );
+
+    // Meanwhile s2 syncs: its consumer moves on, the copy follows.
+    primary.sql("INSERT INTO t VALUES (1, 'meanwhile')");
+    primary.sql("SELECT pg_log_standby_snapshot()");
+    primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('s2', NULL, NULL)");
+    wait_for_copy(&standby, &primary, "s2");
+    assert_eq!(
+        standby.sql(
+            "SELECT state, ready, last_error FROM sync_logical_slot_status WHERE slot_name = 's1'"
+        ),
+        format!("waiting_for_remote|f|{RECOPIED}"),
+        "the new copy of s1 waits for its consumer on the primary"
+    );
+
+    // s1's consumer moves on: the new copy is synced, and the view says nothing more.
+    settle_copy(&primary, &standby, "app", "s1");
+    assert_eq!(
+        standby.sql(
+            "SELECT string_agg(concat_ws('|', slot_name, state, ready, last_error), ',' ORDER BY slot_name)
+               FROM sync_logical_slot_status"
+        ),
+        "s1|synced|t,s2|synced|t"
+    );
+    assert!(
+        !standby
+            .log_since(offset)
+            .contains("re-creating replication slot \"s2\""),
+        "s2's copy was re-created"
+    );
+}
+
+/// Whether the worker asked the primary for a running-xacts record, from
+/// the primary's log (log_statement = all, application name in the prefix).
+fn snapshot_requests(primary: &Node, offset: usize) -> usize {
+    primary
+        .log_since(offset)
+        .lines()
+        .filter(|l| {
+            l.contains(" sync_logical_slot ")
+                && l.contains("statement: SELECT pg_catalog.pg_log_standby_snapshot()")
+        })
+        .count()
+}
+
+/// A new slot `name` on the primary, streamed by pg_recvlogical (status every
+/// second), which the standby then selects (with those of `selected`). The
+/// standby has replayed the slot's creation, so its new copy reserves WAL
+/// past the slot's restart_lsn: it waits (waiting_for_remote) until the
+/// consumer decodes a running-xacts record logged after it. Fails unless the
+/// copy was seen waiting.
+fn waiting_copy(
+    dir: &TestDir,
+    primary: &Node,
+    standby: &Node,
+    name: &str,
+    selected: &mut Vec<String>,
+) -> Receiver {
+    primary.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{name}', 'test_decoding')"
+    ));
+    let receiver = Receiver::start(primary, name, &dir.path.join(format!("{name}.out")));
+    primary.poll_query_until(
+        &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{name}'"),
+        "t",
+    );
+    standby.wait_for_catchup(primary);
+    selected.push(name.to_string());
+    let offset = standby.log_offset();
+    standby.sql(&format!(
+        "ALTER SYSTEM SET sync_logical_slot.slot_names = '{}'",
+        selected.join(", ")
+    ));
+    standby.reload();
+    let waiting = format!("replication slot \"{name}\" is not ready: waiting_for_remote");
+    let persistent = format!("replication slot \"{name}\" is now persistent");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = standby.log_since(offset);
+        if let Some(at) = log.find(&waiting) {
+            let detail = log[at..].lines().nth(1).unwrap_or("");
+            assert!(
+                detail.contains("is behind what this standby reserved"),
+                "{name} waits for something else: {detail}"
+            );
+            return receiver;
+        }
+        assert!(
+            !log.contains(&persistent),
+            "the copy of {name} never waited: the primary's slot had passed the standby's reservation\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no copy of {name} after {DEADLINE:?}\n{log}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// `sync_logical_slot.log_standby_snapshot`: off, the worker never calls
+/// pg_log_standby_snapshot() on the primary; on, it does for a waiting copy,
+/// which then becomes synced with no CHECKPOINT; as a role without EXECUTE on
+/// it, the worker warns with a hint, and says so when it works again.
+#[test]
+fn log_standby_snapshot_asks_the_primary_only_when_on() {
+    if skipped_before_16("pg_log_standby_snapshot() is new in 16") {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_log_snapshot");
+    let primary = dir.primary("primary");
+    primary.append_conf("log_statement = all\nlog_line_prefix = '%m [%p] %b %a '");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    // A least-privilege role for the worker, for later (README, set-up step 2).
+    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
+    primary.sql(
+        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
+                                   sync_logical_slot_read_slot_state(name),
+                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
+            TO slot_sync",
+    );
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    standby.sql("ALTER SYSTEM SET sync_logical_slot.slot_names = 'none_yet'");
+    standby.reload();
+    let mut selected = Vec::new();
+    let mut consumers = Vec::new();
+
+    // Off (the default): a waiting copy, passes, and no request.
+    assert_eq!(
+        standby.sql("SHOW sync_logical_slot.log_standby_snapshot"),
+        "off"
+    );
+    consumers.push(waiting_copy(
+        &dir,
+        &primary,
+        &standby,
+        "quiet_a",
+        &mut selected,
+    ));
+    sync_passes(&standby, 3);
+    assert_eq!(
+        snapshot_requests(&primary, 0),
+        0,
+        "the worker called pg_log_standby_snapshot() with the setting off"
+    );
+    assert!(!primary.log_since(0).contains("pg_log_standby_snapshot"));
+
+    // On: a new waiting copy, a request at once, and the copies become
+    // synced with no CHECKPOINT (the test runs none).
+    let primary_offset = primary.log_offset();
+    standby.sql("ALTER SYSTEM SET sync_logical_slot.log_standby_snapshot = on");
+    standby.reload();
+    standby.poll_query_until("SHOW sync_logical_slot.log_standby_snapshot", "on");
+    consumers.push(waiting_copy(
+        &dir,
+        &primary,
+        &standby,
+        "quiet_b",
+        &mut selected,
+    ));
+    primary.wait_for_log(
+        "sync_logical_slot LOG:  statement: SELECT pg_catalog.pg_log_standby_snapshot()",
+        primary_offset,
+    );
+    for slot in ["quiet_a", "quiet_b"] {
+        standby.poll_query_until(&status_of(slot), "synced");
+    }
+    assert!(!primary.log_since(0).contains("statement: CHECKPOINT"));
+
+    // A role without EXECUTE on pg_log_standby_snapshot(): warned, with a hint.
+    standby.sql(&format!(
+        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
+        primary.port
+    ));
+    standby.reload();
+    primary.poll_query_until(
+        "SELECT string_agg(DISTINCT usename::text, ',') FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'",
+        "slot_sync",
+    );
+    let offset = standby.log_offset();
+    let primary_offset = primary.log_offset();
+    consumers.push(waiting_copy(
+        &dir,
+        &primary,
+        &standby,
+        "quiet_c",
+        &mut selected,
+    ));
+    let at = standby.wait_for_log(
+        "WARNING:  could not ask the primary server for a running-xacts record",
+        offset,
+    );
+    standby.wait_for_log(
+        "HINT:  On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role",
+        at,
+    );
+    primary.wait_for_log(
+        "ERROR:  permission denied for function pg_log_standby_snapshot",
+        primary_offset,
+    );
+
+    // Granted: the requests work again, and the log says so.
+    let offset = standby.log_offset();
+    primary.sql("GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO slot_sync");
+    consumers.push(waiting_copy(
+        &dir,
+        &primary,
+        &standby,
+        "quiet_d",
+        &mut selected,
+    ));
+    standby.wait_for_log(
+        "the primary server logs running-xacts records for new copies again",
+        offset,
+    );
+    for slot in ["quiet_c", "quiet_d"] {
+        standby.poll_query_until(&status_of(slot), "synced");
+    }
+    assert!(consumers.iter_mut().all(|c| c.running()));
+}
