@@ -7,7 +7,8 @@
 //! ```
 //! - A consumer on the standby never uses a copy: pg_recvlogical, the SQL
 //!   decoding functions and pg_replication_slot_advance are refused (55000),
-//!   whether the name is a constant or a parameter, and the copy does not move.
+//!   whether the name is a constant or a parameter (bound, prepared, or a
+//!   PL/pgSQL variable), and the copy does not move.
 //! - The standby's own slots (made there by a consumer) are consumable there,
 //!   and no sync pass moves, drops or reports them, also when the primary has
 //!   a slot of the same name.
@@ -221,6 +222,13 @@ fn a_copy_is_refused_to_consumers_on_the_standby() {
         "SET plan_cache_mode = force_generic_plan;
          PREPARE a(name) AS SELECT pg_replication_slot_advance($1, pg_last_wal_replay_lsn());
          EXECUTE a('s1');",
+        // A PL/pgSQL variable: in a generic plan, a parameter its hook gives.
+        "DO $$
+         DECLARE n name := 's1'; c bigint;
+         BEGIN
+           SET LOCAL plan_cache_mode = force_generic_plan;
+           SELECT count(*) INTO c FROM pg_logical_slot_get_changes(n, NULL, NULL);
+         END $$;",
         // The extended protocol, the name a bound parameter.
         "SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL) \\bind s1 \\g",
         "SET plan_cache_mode = force_generic_plan;

@@ -543,9 +543,11 @@ look_up_slot_functions(void)
 
 #if PG_VERSION_NUM >= 160000
 /*
- * The slot name a call passes as a constant or as a parameter of the
- * extended protocol; NULL when it is computed at run time (then the call is
- * not refused here: docs/design.md says so).
+ * The slot name a call passes as a constant or as a parameter (of the
+ * extended protocol, PREPARE/EXECUTE, or a PL/pgSQL variable in a generic
+ * plan, whose value the parameter hook gives as the executor would get it);
+ * NULL when it is computed at run time, e.g. by a subquery (then the call is
+ * not refused here).
  */
 static const char *
 constant_slot_name(Node *arg, ParamListInfo params)
@@ -562,14 +564,22 @@ constant_slot_name(Node *arg, ParamListInfo params)
 			return TextDatumGetCString(c->constvalue);
 	}
 	if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN &&
-		params != NULL && params->paramFetch == NULL)
+		params != NULL)
 	{
 		int			id = ((Param *) arg)->paramid;
 
-		if (id > 0 && id <= params->numParams && !params->params[id - 1].isnull)
+		if (id > 0 && id <= params->numParams)
 		{
-			ParamExternData *p = &params->params[id - 1];
+			ParamExternData workspace;
+			ParamExternData *p;
 
+			/* As ExecEvalParamExtern fetches it. */
+			if (params->paramFetch != NULL)
+				p = params->paramFetch(params, id, false, &workspace);
+			else
+				p = &params->params[id - 1];
+			if (p == NULL || p->isnull)
+				return NULL;
 			if (p->ptype == NAMEOID)
 				return NameStr(*DatumGetName(p->value));
 			if (p->ptype == TEXTOID)
