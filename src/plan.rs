@@ -228,7 +228,7 @@ pub fn plan(
     {
         return Action::Recreate {
             reason: format!(
-                "the primary's slot (restart_lsn {}, catalog_xmin {}) is behind the copy (restart_lsn {}, catalog_xmin {}): it is not the slot the copy was made from",
+                "the primary's slot (restart_lsn {}, catalog_xmin {}) is behind the copy (restart_lsn {}, catalog_xmin {}): it is not the slot the copy was made from, or (PostgreSQL 16) the copy was decoded from on this standby",
                 remote.restart_lsn, remote.catalog_xmin, local.restart_lsn, local.catalog_xmin
             ),
         };

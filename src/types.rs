@@ -152,10 +152,12 @@ impl RemoteSlot {
 
     /// Why the primary's slot is invalidated, as PostgreSQL 16 names it.
     pub fn invalidation_cause(&self) -> Option<&'static str> {
-        if self.conflicting {
-            Some("rows_removed or wal_level_insufficient")
-        } else if self.wal_status == "lost" && !self.restart_lsn.is_valid() {
+        // Removed WAL clears restart_lsn; 16.2 also reports such a slot as
+        // `conflicting`, so this is asked first.
+        if self.wal_status == "lost" && !self.restart_lsn.is_valid() {
             Some(Invalidation::WalRemoved.as_str())
+        } else if self.conflicting {
+            Some("rows_removed or wal_level_insufficient")
         } else {
             None
         }
@@ -447,8 +449,10 @@ mod tests {
             s.invalidation_cause(),
             Some("rows_removed or wal_level_insufficient")
         );
-        s.conflicting = false;
+        // 16.2 says `conflicting` for removed WAL too: restart_lsn tells.
         s.restart_lsn = Lsn(0);
+        assert_eq!(s.invalidation_cause(), Some("wal_removed"));
+        s.conflicting = false;
         assert_eq!(s.invalidation_cause(), Some("wal_removed"));
     }
 }

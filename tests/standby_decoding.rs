@@ -460,6 +460,14 @@ fn a_copy_invalidated_on_the_standby_is_copied_afresh() {
         "f"
     );
 
+    // The standby restarts from a restartpoint past s1's restart_lsn on the
+    // primary, so that the new copy, which reserves WAL from the
+    // restartpoint's redo pointer, waits there for s1's consumer (and the
+    // view shows why it was re-made meanwhile).
+    primary.sql("CHECKPOINT");
+    standby.wait_for_catchup(&primary);
+    standby.sql("CHECKPOINT");
+
     // Selected again: s1 is copied afresh, and the view says why.
     let offset = standby.log_offset();
     standby.sql("ALTER SYSTEM RESET sync_logical_slot.slot_names");
@@ -525,10 +533,13 @@ fn snapshot_requests(primary: &Node, offset: usize) -> usize {
 
 /// A new slot `name` on the primary, streamed by pg_recvlogical (status every
 /// second), which the standby then selects (with those of `selected`). The
-/// standby has replayed the slot's creation, so its new copy reserves WAL
-/// past the slot's restart_lsn: it waits (waiting_for_remote) until the
-/// consumer decodes a running-xacts record logged after it. Fails unless the
-/// copy was seen waiting.
+/// copy reserves WAL from the standby's last restartpoint; so that the
+/// primary's slot restarts before it, a transaction with a change stays open
+/// on the primary across a checkpoint and the standby's restartpoint (the
+/// slot cannot restart past that change while it is open). The copy then
+/// waits (waiting_for_remote) until the consumer decodes a running-xacts
+/// record logged after the transaction ends; it is committed once the copy
+/// was seen waiting. Fails unless the copy was seen waiting.
 fn waiting_copy(
     dir: &TestDir,
     primary: &Node,
@@ -544,7 +555,14 @@ fn waiting_copy(
         &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{name}'"),
         "t",
     );
+    let open_transactions =
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
+    let mut open = Session::open(primary, "postgres");
+    open.send("BEGIN; INSERT INTO hold VALUES (1);");
+    primary.poll_query_until(open_transactions, "1");
+    primary.sql("CHECKPOINT");
     standby.wait_for_catchup(primary);
+    standby.sql("CHECKPOINT");
     selected.push(name.to_string());
     let offset = standby.log_offset();
     standby.sql(&format!(
@@ -563,6 +581,8 @@ fn waiting_copy(
                 detail.contains("is behind what this standby reserved"),
                 "{name} waits for something else: {detail}"
             );
+            open.send("COMMIT;");
+            primary.poll_query_until(open_transactions, "0");
             return receiver;
         }
         assert!(
@@ -579,7 +599,7 @@ fn waiting_copy(
 
 /// `sync_logical_slot.log_standby_snapshot`: off, the worker never calls
 /// pg_log_standby_snapshot() on the primary; on, it does for a waiting copy,
-/// which then becomes synced with no CHECKPOINT; as a role without EXECUTE on
+/// which then becomes synced; as a role without EXECUTE on
 /// it, the worker warns with a hint, and says so when it works again.
 #[test]
 fn log_standby_snapshot_asks_the_primary_only_when_on() {
@@ -591,6 +611,7 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     primary.append_conf("log_statement = all\nlog_line_prefix = '%m [%p] %b %a '");
     primary.start();
     primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE hold (x int)");
     // A least-privilege role for the worker, for later (README, set-up step 2).
     primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
     primary.sql(
@@ -626,8 +647,7 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     );
     assert!(!primary.log_since(0).contains("pg_log_standby_snapshot"));
 
-    // On: a new waiting copy, a request at once, and the copies become
-    // synced with no CHECKPOINT (the test runs none).
+    // On: a new waiting copy, a request at once, and the copies become synced.
     let primary_offset = primary.log_offset();
     standby.sql("ALTER SYSTEM SET sync_logical_slot.log_standby_snapshot = on");
     standby.reload();
@@ -646,7 +666,6 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     for slot in ["quiet_a", "quiet_b"] {
         standby.poll_query_until(&status_of(slot), "synced");
     }
-    assert!(!primary.log_since(0).contains("statement: CHECKPOINT"));
 
     // A role without EXECUTE on pg_log_standby_snapshot(): warned, with a hint.
     standby.sql(&format!(
