@@ -17,11 +17,6 @@ pub const MAJOR: u32 = 15;
 #[cfg(feature = "pg16")]
 pub const MAJOR: u32 = 16;
 
-/// Logical decoding on a standby exists (16+): a consumer there could
-/// acquire a copy, and the standby can invalidate a copy on its own when
-/// replay removes catalog rows it needs (a recovery conflict).
-pub const DECODING_ON_STANDBY: bool = MAJOR >= 16;
-
 /// `pg_log_standby_snapshot()` exists on the primary (16+).
 pub const HAS_LOG_STANDBY_SNAPSHOT: bool = MAJOR >= 16;
 

@@ -216,6 +216,27 @@ pub fn plan(
             reason: "the slot was re-created on the primary with another plugin or database".into(),
         };
     }
+    // Two-phase decoding is enabled on a copy only by the sync, with the
+    // primary's two_phase_at. Enabled otherwise (on 16, a consumer on the
+    // standby whose START_REPLICATION was refused after core had already
+    // enabled it), the copy would decode prepared transactions differently
+    // from the primary's slot after a failover.
+    if local.two_phase
+        && (!remote.two_phase
+            || (remote.two_phase_at.is_valid() && local.two_phase_at != remote.two_phase_at))
+    {
+        return Action::Recreate {
+            reason: format!(
+                "the copy has two-phase decoding enabled at {} but the primary's slot {}: it was enabled on this standby, not copied",
+                local.two_phase_at,
+                if remote.two_phase {
+                    format!("enabled it at {}", remote.two_phase_at)
+                } else {
+                    "has it disabled".into()
+                }
+            ),
+        };
+    }
     // A persistent copy is never ahead of its slot on restart_lsn or
     // catalog_xmin (the primary saves both durably): if the primary's slot is
     // behind, it is another slot of the same name (dropped and re-created,
@@ -310,7 +331,10 @@ pub fn advance_target(
     } else {
         remote.two_phase_at
     };
-    let restart_can_move = remote.restart_lsn > local.restart_lsn
+    // At an equal restart_lsn (a fresh copy that reserved exactly where the
+    // primary's slot restarts) the primary's later catalog_xmin is taken the
+    // same way, with the confirmed position that justifies it.
+    let restart_can_move = remote.restart_lsn >= local.restart_lsn
         && remote.restart_lsn <= standby.flushed_lsn
         && confirmed >= remote.confirmed_flush_lsn
         && snapshot_held;
@@ -897,6 +921,57 @@ mod tests {
             Xid(5),
             "5 follows 4294967000 after wraparound"
         );
+    }
+
+    #[test]
+    fn two_phase_enabled_on_the_standby_is_recreated() {
+        // A consumer on the standby enabled two-phase decoding on the copy.
+        let mut l = local(true, 100, 200, 10);
+        l.two_phase = true;
+        l.two_phase_at = Lsn(150);
+        let r = remote(100, 200, 10);
+        assert!(matches!(
+            plan(&r, Some(&l), &standby(300, 10), true, true),
+            Action::Recreate { .. }
+        ));
+        // Enabled on both, at another position than the primary's.
+        let mut r = remote(100, 200, 10);
+        r.two_phase = true;
+        r.two_phase_at = Lsn(120);
+        assert!(matches!(
+            plan(&r, Some(&l), &standby(300, 10), true, true),
+            Action::Recreate { .. }
+        ));
+        // Copied from the primary: kept.
+        l.two_phase_at = Lsn(120);
+        assert!(!matches!(
+            plan(&r, Some(&l), &standby(300, 10), true, true),
+            Action::Recreate { .. }
+        ));
+    }
+
+    #[test]
+    fn equal_restart_takes_the_primarys_later_catalog_xmin() {
+        // A fresh copy that reserved exactly where the primary's slot restarts,
+        // with an older catalog_xmin: it takes the primary's with its confirmed position.
+        let t = advance_target(
+            &remote(100, 200, 20),
+            &local(false, 100, 100, 10),
+            &standby(300, 10),
+            true,
+        );
+        assert_eq!(
+            (t.restart_lsn, t.confirmed_flush_lsn, t.catalog_xmin),
+            (Lsn(100), Lsn(200), Xid(20))
+        );
+        // Not while the confirmed position is held back by the flushed WAL.
+        let t = advance_target(
+            &remote(100, 200, 20),
+            &local(false, 100, 100, 10),
+            &standby(150, 10),
+            true,
+        );
+        assert_eq!(t.catalog_xmin, Xid(10));
     }
 
     #[test]

@@ -489,6 +489,17 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
     let written = unsafe {
         pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
         let d = &mut (*slot).data;
+        // Invalidated since the plan read it (a checkpoint removed its WAL, or
+        // on 16 replay removed its catalog rows): never written over, which
+        // would make it look valid again; the next pass re-creates it.
+        if let Some(cause) = crate::pgver::invalidation(d) {
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            drop(guard);
+            return Err(SyncError::Internal(format!(
+                "the copy of \"{name}\" was invalidated on this standby ({}) while it was synced; it is copied afresh at the next pass",
+                cause.as_str()
+            )));
+        }
         let current = Target {
             restart_lsn: Lsn(d.restart_lsn),
             confirmed_flush_lsn: Lsn(d.confirmed_flush),
@@ -574,6 +585,35 @@ pub fn drop_slot(name: &str) {
     let c = CString::new(name).expect("slot names have no NUL");
     // SAFETY: the worker holds no slot; ReplicationSlotDrop acquires, then drops.
     unsafe { pg_sys::ReplicationSlotDrop(c.as_ptr(), true) }
+}
+
+extern "C-unwind" {
+    fn sls_watch_slot_conflicts() -> bool;
+    fn sls_slot_conflict_pending() -> bool;
+    fn sls_slot_conflict_handled();
+}
+
+/// Watches for the startup process's request to release a slot it must
+/// invalidate (16: a recovery conflict). False when it cannot be watched.
+pub fn watch_slot_conflicts() -> bool {
+    // SAFETY: the worker is connected to its database; wraps its SIGUSR1 handler.
+    unsafe { sls_watch_slot_conflicts() }
+}
+
+/// Whether the startup process asked for a slot this worker holds.
+pub fn slot_conflict_pending() -> bool {
+    // SAFETY: reads a sig_atomic_t flag.
+    unsafe { sls_slot_conflict_pending() }
+}
+
+/// Answers such a request: releases what the worker holds and drops its
+/// temporary copies (the next pass makes them again); persistent copies are
+/// held only while a pass writes them.
+pub fn release_for_recovery() {
+    // SAFETY: clears a sig_atomic_t flag, before the drop, so that a request
+    // arriving meanwhile is answered again.
+    unsafe { sls_slot_conflict_handled() };
+    drop_own_temporary_slots();
 }
 
 /// Drops every temporary slot this process created (the copies that never

@@ -102,6 +102,7 @@ pub struct Syncer {
 struct SnapshotRequest {
     waiting: Vec<String>,
     next_at: Option<Instant>,
+    last_at: Option<Instant>,
     interval: Duration,
     said: Option<String>,
 }
@@ -109,6 +110,9 @@ struct SnapshotRequest {
 /// The first request follows a new copy at once; while the same copies wait
 /// (an idle consumer confirms nothing), requests back off to this.
 const SNAPSHOT_REQUEST_MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// Never more than one request (one WAL record on the primary) in this time,
+/// however copies come and go.
+const SNAPSHOT_REQUEST_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Outcome {
     state: State,
@@ -167,7 +171,11 @@ impl Syncer {
             self.say(r, &outcome);
             // SAFETY: reads the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
-            if let Some(cause) = local.filter(|l| l.ours).and_then(|l| l.invalidated) {
+            let recopy = outcome.state != State::Invalidated && outcome.state != State::Error;
+            if let Some(cause) = local
+                .filter(|l| l.ours && recopy)
+                .and_then(|l| l.invalidated)
+            {
                 self.recopied.insert(
                     r.name.clone(),
                     format!(
@@ -251,9 +259,15 @@ impl Syncer {
             })
             .count() as u32;
         status::publish(&rows);
+        // Copies that reserved WAL past where the primary's slot restarts:
+        // only a running-xacts record decoded there moves that slot on.
         let waiting: Vec<String> = rows
             .iter()
-            .filter(|r| r.state == State::WaitingForRemote && r.local.is_some())
+            .filter(|r| {
+                r.state == State::WaitingForRemote
+                    && r.local
+                        .is_some_and(|(restart, _, _)| restart > r.remote_restart_lsn)
+            })
             .map(|r| r.name.clone())
             .collect();
         self.request_snapshot(primary, waiting)?;
@@ -290,9 +304,14 @@ impl Syncer {
             req.interval = Duration::from_secs(1);
         }
         req.waiting = waiting;
-        if req.next_at.is_some_and(|at| now < at) {
+        if req.next_at.is_some_and(|at| now < at)
+            || req
+                .last_at
+                .is_some_and(|at| now.duration_since(at) < SNAPSHOT_REQUEST_MIN_INTERVAL)
+        {
             return Ok(());
         }
+        req.last_at = Some(now);
         req.next_at = Some(now + req.interval);
         req.interval = (req.interval * 2).min(SNAPSHOT_REQUEST_MAX_INTERVAL);
         match primary.log_standby_snapshot() {
@@ -310,14 +329,21 @@ impl Syncer {
             Err(e) => {
                 let text = e.to_string();
                 if req.said.as_ref() != Some(&text) {
-                    ErrorReport::new(
-                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    let denied = text.contains("permission denied");
+                    let mut report = ErrorReport::new(
+                        if denied {
+                            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+                        } else {
+                            PgSqlErrorCode::ERRCODE_WARNING
+                        },
                         "could not ask the primary server for a running-xacts record",
                         "sync_logical_slot",
                     )
-                    .set_detail(format!("{text}. New copies become ready once the primary logs one by itself (within 15 s while it writes)."))
-                    .set_hint("On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role, or turn sync_logical_slot.log_standby_snapshot off.")
-                    .report(PgLogLevel::WARNING);
+                    .set_detail(format!("{text}. New copies become ready once the primary logs one by itself (within 15 s while it writes)."));
+                    if denied {
+                        report = report.set_hint("On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role, or turn sync_logical_slot.log_standby_snapshot off.");
+                    }
+                    report.report(PgLogLevel::WARNING);
                     req.said = Some(text);
                 }
                 Ok(())
@@ -613,6 +639,11 @@ fn stop_check() -> Result<(), SyncError> {
         return Err(SyncError::NotInRecovery);
     }
     if crate::worker::signals::reload_pending() {
+        return Err(SyncError::Reloaded);
+    }
+    // The startup process waits for a slot this worker holds (16): the
+    // pass ends here, and the worker releases its temporary copies.
+    if slot::slot_conflict_pending() {
         return Err(SyncError::Reloaded);
     }
     Ok(())

@@ -96,7 +96,6 @@ impl FromStr for Xid {
     }
 }
 
-/// One logical slot as the primary reports it in `pg_replication_slots`.
 /// Why a slot can no longer be used, as PostgreSQL 16 and 17 name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalidation {
@@ -118,6 +117,7 @@ impl Invalidation {
     }
 }
 
+/// One logical slot as the primary reports it in `pg_replication_slots`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteSlot {
     pub name: String,

@@ -75,6 +75,12 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
         wait_for_database(&database);
     }
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    if !slot::watch_slot_conflicts() {
+        debug1(
+            "sync_logical_slot worker cannot watch for recovery conflicts on its slots",
+            "This server's procsignal slot layout is not the expected one; a conflict then ends the worker, which releases its slots too.",
+        );
+    }
     status::connecting_to_database(false);
     status::set_worker_error(None);
     Worker::default().run()
@@ -317,7 +323,22 @@ impl Worker {
         // SAFETY: registers a callback run at this process's exit (also after FATAL).
         unsafe { pg_sys::before_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0)) };
         loop {
-            pgrx::check_for_interrupts!();
+            if slot::slot_conflict_pending() {
+                slot::release_for_recovery();
+                log(
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    "sync_logical_slot dropped its temporary copies: replay on this standby must invalidate one of them",
+                    Some("A recovery conflict: the standby removes catalog rows that a copy still reserved. The copies that were not persistent yet are made again at the next pass.".into()),
+                    None,
+                );
+            }
+            // Between steps no statement runs: a cancel (core raises one for
+            // a recovery conflict, even outside a transaction) has nothing to
+            // cancel here and must not end the worker; a termination still does.
+            let _ = in_transaction_without_snapshot(|| {
+                pgrx::check_for_interrupts!();
+                Ok(())
+            });
             if signals::reload_pending() {
                 // SAFETY: resetting the flag the SIGHUP handler sets, then reloading as core does.
                 unsafe {
@@ -482,6 +503,13 @@ impl Worker {
                 if signals::take_cancel_raised() {
                     self.disconnect();
                 }
+                Some(Duration::ZERO)
+            }
+            // The startup process waits for a slot this worker holds: the
+            // next step releases it at once (the pass may have been cut
+            // short in a query to the primary: that connection is made anew).
+            Err(_) if slot::slot_conflict_pending() => {
+                self.disconnect();
                 Some(Duration::ZERO)
             }
             // Promoted during the pass: the next step says so and stops.

@@ -85,6 +85,9 @@ extern int	sls_standbys_state(uint64 lsn, int waiter);
 extern void sls_warn_stop_detection(void);
 
 void		sls_install_hooks(void);
+bool		sls_watch_slot_conflicts(void);
+bool		sls_slot_conflict_pending(void);
+void		sls_slot_conflict_handled(void);
 static void refuse_copy(const char *slot_name);
 
 static ClientAuthentication_hook_type prev_client_auth = NULL;
@@ -484,6 +487,75 @@ sls_client_authentication(Port *port, int status)
 	}
 }
 
+/* ---------------------------------------------------------------- worker: slot conflicts */
+
+/*
+ * On a 16 standby, replay that removes catalog rows a slot still needs
+ * invalidates the slot; when the slot is in use, the startup process signals
+ * its holder once (PROCSIG_RECOVERY_CONFLICT_LOGICALSLOT) and waits until the
+ * slot is released. The worker's temporary copies stay held by the worker
+ * between passes (core clears active_pid of a temporary slot only when its
+ * owner exits), so the worker must notice that signal itself and drop them:
+ * core turns it into no more than a cancelled statement, and replay (and a
+ * promotion) would wait for ever. The worker's SIGUSR1 handler is wrapped to
+ * read the flag before core's handler clears it.
+ */
+static volatile SlsProcSignalSlot *worker_procsignal_slot = NULL;
+static pqsigfunc worker_prev_sigusr1 = NULL;
+static volatile sig_atomic_t slot_conflict_pending = false;
+
+static void
+sls_worker_sigusr1(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+#if PG_VERSION_NUM >= 160000
+	if (worker_procsignal_slot != NULL &&
+		worker_procsignal_slot->pss_signalFlags[PROCSIG_RECOVERY_CONFLICT_LOGICALSLOT])
+	{
+		slot_conflict_pending = true;
+		SetLatch(MyLatch);
+	}
+#endif
+	errno = save_errno;
+	if (worker_prev_sigusr1 != NULL && worker_prev_sigusr1 != (pqsigfunc) SIG_IGN &&
+		worker_prev_sigusr1 != (pqsigfunc) SIG_DFL)
+		worker_prev_sigusr1(postgres_signal_arg);
+}
+
+/*
+ * From the sync worker, once, after it connected to its database (it then
+ * has its procsignal slot). False when the slot layout could not be checked:
+ * conflicts then end in the worker's exit (FATAL) at worst, which drops the
+ * copies too.
+ */
+bool
+sls_watch_slot_conflicts(void)
+{
+	bool		found;
+	SlsProcSignalHeader *header;
+
+	header = (SlsProcSignalHeader *) ShmemInitStruct("ProcSignal", ProcSignalShmemSize(), &found);
+	if (!found || MyBackendId < 1 || MyBackendId > MaxBackends + NUM_AUXPROCTYPES ||
+		header->psh_slot[MyBackendId - 1].pss_pid != MyProcPid)
+		return false;
+	worker_procsignal_slot = &header->psh_slot[MyBackendId - 1];
+	worker_prev_sigusr1 = pqsignal(SIGUSR1, sls_worker_sigusr1);
+	return true;
+}
+
+bool
+sls_slot_conflict_pending(void)
+{
+	return slot_conflict_pending;
+}
+
+void
+sls_slot_conflict_handled(void)
+{
+	slot_conflict_pending = false;
+}
+
 /* ---------------------------------------------------------------- standby copies */
 
 /*
@@ -496,7 +568,14 @@ is_copy(const char *slot_name)
 {
 	char		path[MAXPGPATH];
 	struct stat st;
+	size_t		length = strnlen(slot_name, NAMEDATALEN);
 
+	/* Only a valid slot name (core's rule) can be a copy, and makes a path. */
+	if (length == 0 || length >= NAMEDATALEN)
+		return false;
+	for (const char *c = slot_name; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_'))
+			return false;
 	snprintf(path, sizeof(path), "pg_replslot/%s/sync_logical_slot", slot_name);
 	return stat(path, &st) == 0;
 }
@@ -552,15 +631,33 @@ look_up_slot_functions(void)
 static const char *
 constant_slot_name(Node *arg, ParamListInfo params)
 {
-	if (arg == NULL)
-		return NULL;
+	/*
+	 * A text or varchar value passed for the name argument comes wrapped in
+	 * its cast to name (a function call, a relabelling or an I/O coercion).
+	 */
+	for (;;)
+	{
+		if (arg == NULL)
+			return NULL;
+		if (IsA(arg, RelabelType))
+			arg = (Node *) ((RelabelType *) arg)->arg;
+		else if (IsA(arg, CoerceViaIO))
+			arg = (Node *) ((CoerceViaIO *) arg)->arg;
+		else if (IsA(arg, FuncExpr) &&
+				 (((FuncExpr *) arg)->funcformat == COERCE_IMPLICIT_CAST ||
+				  ((FuncExpr *) arg)->funcformat == COERCE_EXPLICIT_CAST) &&
+				 list_length(((FuncExpr *) arg)->args) == 1)
+			arg = (Node *) linitial(((FuncExpr *) arg)->args);
+		else
+			break;
+	}
 	if (IsA(arg, Const) && !((Const *) arg)->constisnull)
 	{
 		Const	   *c = (Const *) arg;
 
 		if (c->consttype == NAMEOID)
 			return NameStr(*DatumGetName(c->constvalue));
-		if (c->consttype == TEXTOID)
+		if (c->consttype == TEXTOID || c->consttype == VARCHAROID)
 			return TextDatumGetCString(c->constvalue);
 	}
 	if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN &&
@@ -573,16 +670,20 @@ constant_slot_name(Node *arg, ParamListInfo params)
 			ParamExternData workspace;
 			ParamExternData *p;
 
-			/* As ExecEvalParamExtern fetches it. */
+			/*
+			 * As ExecEvalParamExtern fetches it, but speculatively: a
+			 * parameter hook may then decline rather than evaluate (and
+			 * perhaps fail on) a value the statement might never use.
+			 */
 			if (params->paramFetch != NULL)
-				p = params->paramFetch(params, id, false, &workspace);
+				p = params->paramFetch(params, id, true, &workspace);
 			else
 				p = &params->params[id - 1];
 			if (p == NULL || p->isnull)
 				return NULL;
 			if (p->ptype == NAMEOID)
 				return NameStr(*DatumGetName(p->value));
-			if (p->ptype == TEXTOID)
+			if (p->ptype == TEXTOID || p->ptype == VARCHAROID)
 				return TextDatumGetCString(p->value);
 		}
 	}
@@ -637,6 +738,20 @@ refuse_copies_in_plan(Plan *plan, ParamListInfo params)
 		case T_SubqueryScan:
 			refuse_copies_in_plan(((SubqueryScan *) plan)->subplan, params);
 			break;
+		case T_NestLoop:
+		case T_MergeJoin:
+		case T_HashJoin:
+			refuse_copies_walker((Node *) ((Join *) plan)->joinqual, params);
+			break;
+		case T_Limit:
+			refuse_copies_walker(((Limit *) plan)->limitOffset, params);
+			refuse_copies_walker(((Limit *) plan)->limitCount, params);
+			break;
+		case T_CustomScan:
+			refuse_copies_walker((Node *) ((CustomScan *) plan)->custom_exprs, params);
+			foreach(lc, ((CustomScan *) plan)->custom_plans)
+				refuse_copies_in_plan(lfirst(lc), params);
+			break;
 		default:
 			break;
 	}
@@ -679,7 +794,15 @@ names_slot_functions(QueryDesc *qd, bool with_advance)
 	 * statement's QueryDesc carries the whole string.
 	 */
 	text = qd->sourceText;
-	length = strlen(text);
+
+	/*
+	 * Bounded by this statement's end: a long multi-statement string is not
+	 * measured again for each of its statements.
+	 */
+	if (qd->plannedstmt->stmt_len > 0 && qd->plannedstmt->stmt_location >= 0)
+		length = strnlen(text, (size_t) qd->plannedstmt->stmt_location + qd->plannedstmt->stmt_len);
+	else
+		length = strlen(text);
 	if (qd->plannedstmt->stmt_location > 0 && qd->plannedstmt->stmt_location < length)
 	{
 		text += qd->plannedstmt->stmt_location;
@@ -747,7 +870,7 @@ sls_executor_run(QueryDesc *qd, ScanDirection direction, uint64 count, bool exec
 			wait_before_sql_decoding();
 	}
 #if PG_VERSION_NUM >= 160000
-	else if (names_slot_functions(qd, true))
+	else if (!qd->already_executed && names_slot_functions(qd, true))
 		refuse_copies_in_statement(qd);
 #endif
 	if (prev_executor_run)
