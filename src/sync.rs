@@ -456,6 +456,8 @@ fn unchanged(
         && l.persistent
         && l.invalidated.is_none()
         && (!remote.two_phase || l.two_phase_at.is_valid())
+        // Two-phase decoding on a copy whose primary slot lacks it: the plan re-makes it.
+        && (!l.two_phase || remote.two_phase)
         && !remote.is_invalidated()
         && positions(l)
             == (

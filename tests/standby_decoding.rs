@@ -50,10 +50,11 @@ fn slot_row(node: &Node, slot: &str) -> String {
 }
 
 /// Brings the standby's copy of `slot` (of database `db`) to where the
-/// primary's slot stands, ready. On 16 a new copy reserves WAL from the
-/// standby's replay position: it becomes persistent once the primary's slot
-/// has decoded a running-xacts record logged after that and confirmed past
-/// it. So: log one, consume, until the copy is persistent.
+/// primary's slot stands, ready. A new copy reserves WAL from the standby's
+/// last restartpoint: when the primary's slot restarts before that, the copy
+/// becomes persistent once that slot has decoded a running-xacts record
+/// logged after it and confirmed past it. So: log one, consume, until the
+/// copy is persistent.
 fn settle_copy(primary: &Node, standby: &Node, db: &str, slot: &str) {
     let persistent =
         format!("SELECT NOT temporary FROM pg_replication_slots WHERE slot_name = '{slot}'");
@@ -229,6 +230,22 @@ fn a_copy_is_refused_to_consumers_on_the_standby() {
            SET LOCAL plan_cache_mode = force_generic_plan;
            SELECT count(*) INTO c FROM pg_logical_slot_get_changes(n, NULL, NULL);
          END $$;",
+        // A text or varchar value, cast to name: a constant, a PL/pgSQL
+        // variable in a generic plan, a bound parameter (as JDBC binds strings).
+        "SELECT count(*) FROM pg_logical_slot_get_changes('s1'::text::name, NULL, NULL)",
+        "DO $$
+         DECLARE n text := 's1'; c bigint;
+         BEGIN
+           SET LOCAL plan_cache_mode = force_generic_plan;
+           SELECT count(*) INTO c FROM pg_logical_slot_get_changes(n::name, NULL, NULL);
+         END $$;",
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE v(varchar) AS SELECT count(*) FROM pg_logical_slot_get_changes($1::name, NULL, NULL);
+         EXECUTE v('s1');",
+        // In a join condition.
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n
+           ON n.oid = c.relnamespace
+          AND pg_replication_slot_advance('s1', pg_last_wal_replay_lsn()) IS NOT NULL",
         // The extended protocol, the name a bound parameter.
         "SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL) \\bind s1 \\g",
         "SET plan_cache_mode = force_generic_plan;
@@ -717,4 +734,52 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
         standby.poll_query_until(&status_of(slot), "synced");
     }
     assert!(consumers.iter_mut().all(|c| c.running()));
+}
+
+/// A consumer on the standby asking for two-phase decoding of a copy: core
+/// enables it on the slot before the refusal can answer. The copy, whose
+/// primary slot has two-phase decoding off, is then re-made, so that after a
+/// failover it decodes as the primary's slot did.
+#[test]
+fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
+    if skipped_before_16("logical decoding on a standby is new in 16") {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_two_phase");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    settle_copy(&primary, &standby, "postgres", "s1");
+    assert_eq!(
+        standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
+        "f"
+    );
+
+    let offset = standby.log_offset();
+    let endpos = standby.sql("SELECT pg_last_wal_replay_lsn()");
+    let file = dir.path.join("s1-two-phase.out");
+    let mut recv = recvlogical_command(&standby, "s1", &file);
+    recv.args(["-E", &endpos, "-o", "two-phase-commit=1"]);
+    let out = output_within_deadline(recv, "pg_recvlogical with two-phase decoding on the copy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(REFUSED),
+        "pg_recvlogical on the copy: {}\n{stderr}",
+        out.status
+    );
+
+    // The next pass sees two-phase decoding the primary's slot does not have.
+    standby.sql("SELECT * FROM sync_logical_slot_sync_now()");
+    let at = standby.wait_for_log("re-creating replication slot \"s1\"", offset);
+    standby.wait_for_log("but the primary's slot has it disabled", at);
+    settle_copy(&primary, &standby, "postgres", "s1");
+    assert_eq!(
+        standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
+        "f",
+        "the copy kept two-phase decoding"
+    );
 }
