@@ -670,6 +670,55 @@ fn rust_traces(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Runs every case on both servers; the differences (or Rust showing through).
+/// `expect_fields`: each case's reference output must show its fields (on a
+/// standby most statements fail earlier, read-only).
+fn compare(with: &Node, without: &Node, expect_fields: bool) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let got = normalise(
+            &run_psql(&conninfo(with, case.via), case.sql, case.stdin),
+            with,
+        );
+        let want = normalise(
+            &run_psql(&conninfo(without, case.via), case.sql, case.stdin),
+            without,
+        );
+        let statement = case.stdin.unwrap_or(case.sql);
+        let missing: Vec<&str> = case
+            .expect
+            .iter()
+            .copied()
+            .filter(|e| !want.contains(e))
+            .collect();
+        // The reference itself must show the fields, or the comparison proves nothing.
+        assert!(
+            !expect_fields || missing.is_empty(),
+            "{}: the server without the library does not show {missing:?} for\n  {statement}\n{want}",
+            case.name
+        );
+        let traces = rust_traces(&got);
+        if got != want || !traces.is_empty() {
+            failures.push(format!(
+                "=== {} ===\n  {statement}\n{}--- with the library ---\n{got}\n--- without the library ---\n{want}",
+                case.name,
+                if traces.is_empty() {
+                    String::new()
+                } else {
+                    format!("Rust shows through: {traces:?}\n")
+                },
+                got = shorten_backtraces(&got),
+            ));
+        }
+        assert!(
+            rust_traces(&want).is_empty(),
+            "{}: the reference output mentions Rust?\n{want}",
+            case.name
+        );
+    }
+    failures
+}
+
 #[test]
 fn errors_are_the_same_with_and_without_the_library() {
     // Whatever the library would print of a backtrace, it may.
@@ -717,48 +766,7 @@ fn errors_are_the_same_with_and_without_the_library() {
     );
     standby.wait_for_catchup(&with);
 
-    let mut failures = Vec::new();
-    for case in CASES {
-        let got = normalise(
-            &run_psql(&conninfo(&with, case.via), case.sql, case.stdin),
-            &with,
-        );
-        let want = normalise(
-            &run_psql(&conninfo(&without, case.via), case.sql, case.stdin),
-            &without,
-        );
-        let statement = case.stdin.unwrap_or(case.sql);
-        let missing: Vec<&str> = case
-            .expect
-            .iter()
-            .copied()
-            .filter(|e| !want.contains(e))
-            .collect();
-        // The reference itself must show the fields, or the comparison proves nothing.
-        assert!(
-            missing.is_empty(),
-            "{}: the server without the library does not show {missing:?} for\n  {statement}\n{want}",
-            case.name
-        );
-        let traces = rust_traces(&got);
-        if got != want || !traces.is_empty() {
-            failures.push(format!(
-                "=== {} ===\n  {statement}\n{}--- with the library ---\n{got}\n--- without the library ---\n{want}",
-                case.name,
-                if traces.is_empty() {
-                    String::new()
-                } else {
-                    format!("Rust shows through: {traces:?}\n")
-                },
-                got = shorten_backtraces(&got),
-            ));
-        }
-        assert!(
-            rust_traces(&want).is_empty(),
-            "{}: the reference output mentions Rust?\n{want}",
-            case.name
-        );
-    }
+    let mut failures = compare(&with, &without, true);
     // An error raised inside the library's own Rust code (a statement timeout
     // cancelling the long poll, through pgrx's guard) shows no Rust either:
     // the server process runs with RUST_BACKTRACE=1, the library turns
@@ -801,6 +809,61 @@ fn errors_are_the_same_with_and_without_the_library() {
     assert!(
         failures.is_empty(),
         "{} differences with the library loaded (of {} statements and 2 server logs):\n\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The same on standbys (on 16 the library's executor hook looks at every
+/// statement there, for decoding calls that name a copy): a standby with the
+/// library (copying nothing, so that slot names mean the same on both) and one
+/// without, each streaming from its own primary.
+#[test]
+fn errors_on_a_standby_are_the_same_with_and_without_the_library() {
+    std::env::set_var("RUST_BACKTRACE", "1");
+    let dir = TestDir::new("invisible_errors_standby");
+    let primary_with = dir.primary("primary_with");
+    primary_with.start();
+    let primary_without = dir.primary("primary_without");
+    primary_without.append_conf("shared_preload_libraries = ''");
+    primary_without.start();
+    for node in [&primary_with, &primary_without] {
+        node.sql(SCHEMA);
+        node.sql(&diagnostics_functions());
+    }
+    let with = dir.standby("standby_with", &primary_with);
+    with.append_conf("sync_logical_slot.slot_names = 'nothing_selected'");
+    with.start();
+    let without = dir.standby("standby_without", &primary_without);
+    without.append_conf("shared_preload_libraries = ''");
+    without.start();
+    std::env::remove_var("RUST_BACKTRACE");
+    for node in [&with, &without] {
+        assert_rust_backtrace_in_environment(node);
+        assert_eq!(node.sql("SELECT pg_is_in_recovery()"), "t");
+    }
+    with.wait_for_catchup(&primary_with);
+    without.wait_for_catchup(&primary_without);
+    assert_eq!(
+        with.sql("SHOW shared_preload_libraries"),
+        "sync_logical_slot"
+    );
+    assert_eq!(without.sql("SHOW shared_preload_libraries"), "");
+
+    let mut failures = compare(&with, &without, false);
+    for node in [&with, &without] {
+        let traces = rust_traces(&node.log_since(0));
+        if !traces.is_empty() {
+            failures.push(format!(
+                "=== the server log of {} ===\nRust shows through: {traces:?}",
+                node.name
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} differences on a standby with the library loaded (of {} statements):\n\n{}",
         failures.len(),
         CASES.len(),
         failures.join("\n\n")
