@@ -670,6 +670,10 @@ fn rust_traces(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The tests set RUST_BACKTRACE in this process's environment while they
+/// start their servers: one test at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs every case on both servers; the differences (or Rust showing through).
 /// `expect_fields`: each case's reference output must show its fields (on a
 /// standby most statements fail earlier, read-only).
@@ -721,6 +725,7 @@ fn compare(with: &Node, without: &Node, expect_fields: bool) -> Vec<String> {
 
 #[test]
 fn errors_are_the_same_with_and_without_the_library() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Whatever the library would print of a backtrace, it may.
     std::env::set_var("RUST_BACKTRACE", "1");
     let dir = TestDir::new("invisible_errors");
@@ -821,6 +826,7 @@ fn errors_are_the_same_with_and_without_the_library() {
 /// without, each streaming from its own primary.
 #[test]
 fn errors_on_a_standby_are_the_same_with_and_without_the_library() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("RUST_BACKTRACE", "1");
     let dir = TestDir::new("invisible_errors_standby");
     let primary_with = dir.primary("primary_with");

@@ -15,6 +15,10 @@
 //! - A copy invalidated by the standby itself (a recovery conflict,
 //!   rows_removed) is dropped and copied afresh; the status view says why
 //!   until the new copy is synced, and the other slots sync meanwhile.
+//! - A copy that waits (a temporary slot, held by the worker) and conflicts
+//!   with a catalog prune replayed on the standby is given up when the
+//!   startup process asks for it: replay goes on, the copy is made again and
+//!   becomes synced, and the standby can be promoted.
 //! - `sync_logical_slot.log_standby_snapshot`: only when on does the worker
 //!   ask the primary for a running-xacts record for a waiting copy; without
 //!   EXECUTE on pg_log_standby_snapshot() it warns, with a hint.
@@ -781,5 +785,239 @@ fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
         standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
         "f",
         "the copy kept two-phase decoding"
+    );
+}
+
+/// Refuses (`refuse`) or allows again physical replication connections on
+/// `primary` (a `reject` line first in pg_hba.conf, then a reload): a
+/// walreceiver cannot reconnect meanwhile, the sync worker (a `replication=database`
+/// connection, matched by database name) still can.
+fn refuse_physical_replication(primary: &Node, refuse: bool) {
+    const REJECT: &str = "host replication all 127.0.0.1/32 reject";
+    let hba = primary.datadir().join("pg_hba.conf");
+    let current = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let kept: Vec<&str> = current.lines().filter(|l| *l != REJECT).collect();
+    let mut lines = Vec::new();
+    if refuse {
+        lines.push(REJECT);
+    }
+    lines.extend(kept);
+    std::fs::write(&hba, lines.join("\n") + "\n").expect("write pg_hba.conf");
+    primary.reload();
+}
+
+/// Waits until `standby` has replayed everything `primary` has written so
+/// far; fails at the deadline with what replay is waiting for (the startup
+/// process's wait event), the standby's logical slots, the status view and
+/// its log.
+fn wait_for_replay(standby: &Node, primary: &Node) {
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+    let deadline = Instant::now() + DEADLINE;
+    while standby.try_sql(&caught_up).as_deref() != Ok("t") {
+        if Instant::now() > deadline {
+            panic!(
+                "on {}: replay did not reach the primary's {lsn} in {DEADLINE:?}: replayed up to {:?}, received up to {:?}\n\
+                 startup process waiting on: {:?}\n\
+                 logical slots (name|temporary|restart_lsn|confirmed_flush_lsn|catalog_xmin):\n{:?}\n\
+                 status: {:?}\n--- log of {} ---\n{}",
+                standby.name,
+                standby.try_sql("SELECT pg_last_wal_replay_lsn()"),
+                standby.try_sql("SELECT pg_last_wal_receive_lsn()"),
+                standby.try_sql(
+                    "SELECT concat_ws(' ', wait_event_type, wait_event) FROM pg_stat_activity WHERE backend_type = 'startup'"
+                ),
+                standby.try_sql(LOGICAL_SLOTS),
+                standby.try_sql("SELECT concat_ws('|', slot_name, state, ready, last_error) FROM sync_logical_slot_status"),
+                standby.name,
+                standby.log_tail()
+            );
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// A new copy is a temporary slot that the worker keeps (active, its pid)
+/// while it waits for the primary's slot. When replay meets a catalog prune
+/// that conflicts with that copy's catalog_xmin, the startup process asks the
+/// worker to release it and waits until it does: replay must not stall, the
+/// copy is made again, becomes synced once the primary's slot moves, and the
+/// standby can be promoted.
+///
+/// How: the standby's own slot `holder` (database postgres) is made first; a
+/// new copy reserves the standby's oldest safe decoding xid, which that slot
+/// holds back, so the copy's catalog_xmin is older than catalog rows deleted
+/// afterwards in database app. Then `s1` (database app) is made on the
+/// primary, the rows are deleted, and s1 is consumed past them while a
+/// transaction that began after the deletions stays open (catalog_xmin past
+/// the deletions, restart_lsn held before that transaction), across a
+/// checkpoint and the standby's restartpoint. Selected, s1's copy waits
+/// (temporary, waiting_for_remote: s1 restarts before the restartpoint). The
+/// primary then forgets the standby's feedback (physical replication refused,
+/// walsender terminated, slot `standby1` made anew) and vacuums the catalogs
+/// of app: their dead rows go, in WAL that the standby replays once it is
+/// let in again.
+#[test]
+fn a_recovery_conflict_on_a_waiting_copy_does_not_stall_replay() {
+    if skipped_before_16(
+        "a standby invalidates a logical slot on a recovery conflict (rows_removed) from 16 on",
+    ) {
+        return;
+    }
+    let dir = TestDir::new("standby_decoding_conflict_waiting");
+    let primary = dir.primary("primary");
+    // No vacuum but the test's; the WAL the standby misses while refused is kept.
+    primary.append_conf("autovacuum = off\nwal_keep_size = '1GB'");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE hold (x int)");
+    primary.sql("CREATE DATABASE app");
+    let standby = dir.standby("standby1", &primary);
+    standby.set_auto_conf("sync_logical_slot.slot_names", "none_yet");
+    standby.start();
+
+    // The holder of the standby's oldest safe decoding xid.
+    create_on_standby(&primary, &standby, "holder");
+    let holder_xmin: i64 = standby
+        .sql("SELECT catalog_xmin FROM pg_replication_slots WHERE slot_name = 'holder'")
+        .parse()
+        .unwrap();
+
+    // s1, then catalog rows of app deleted after the holder's catalog_xmin.
+    primary.sql_in(
+        "app",
+        "SELECT pg_create_logical_replication_slot('s1', 'test_decoding')",
+    );
+    let before_churn: i64 = primary.sql("SELECT txid_current()").parse().unwrap();
+    for i in 0..5 {
+        primary.sql_in("app", &format!("CREATE TABLE churn{i} (a int, b text)"));
+        primary.sql_in("app", &format!("DROP TABLE churn{i}"));
+    }
+    let after_churn: i64 = primary.sql("SELECT txid_current()").parse().unwrap();
+    assert!(holder_xmin <= before_churn);
+    // A running-xacts record after the deletions: decoding s1, the changes
+    // that follow take snapshots whose xmin is past them.
+    primary.sql("SELECT pg_log_standby_snapshot()");
+
+    // A transaction open from after the deletions: s1, consumed, moves its
+    // catalog_xmin past them but restarts before that transaction.
+    let open_transactions =
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
+    let mut open = Session::open(&primary, "postgres");
+    open.send("BEGIN; INSERT INTO hold VALUES (1);");
+    primary.poll_query_until(open_transactions, "1");
+    let s1_past_churn = format!(
+        "SELECT catalog_xmin::text::bigint > {after_churn} FROM pg_replication_slots WHERE slot_name = 's1'"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        primary.sql("SELECT pg_log_standby_snapshot()");
+        primary.sql_in(
+            "app",
+            "SELECT count(*) FROM pg_logical_slot_get_changes('s1', NULL, NULL)",
+        );
+        if primary.sql(&s1_past_churn) == "t" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "s1 stays behind xid {after_churn}: {}",
+            primary.sql(LOGICAL_SLOTS)
+        );
+        sleep(Duration::from_millis(200));
+    }
+    primary.sql("CHECKPOINT");
+    standby.wait_for_catchup(&primary);
+    standby.sql("CHECKPOINT");
+
+    // Selected: the copy waits, temporary, with the holder's catalog_xmin.
+    let offset = standby.log_offset();
+    standby.sql("ALTER SYSTEM SET sync_logical_slot.slot_names = 's1'");
+    standby.reload();
+    let at = standby.wait_for_log(
+        "replication slot \"s1\" is not ready: waiting_for_remote",
+        offset,
+    );
+    let detail = standby.log_since(at);
+    let detail = detail.lines().nth(1).unwrap_or("");
+    assert!(
+        detail.contains("is behind what this standby reserved"),
+        "s1's copy waits for something else: {detail}"
+    );
+    open.send("COMMIT;");
+    primary.poll_query_until(open_transactions, "0");
+    assert_eq!(
+        standby.sql(
+            "SELECT concat_ws('|', temporary, catalog_xmin) FROM pg_replication_slots WHERE slot_name = 's1'"
+        ),
+        format!("t|{holder_xmin}"),
+        "s1's copy is temporary and reserves the holder's catalog_xmin"
+    );
+    assert_eq!(standby.sql(&status_of("s1")), "waiting_for_remote");
+    let worker = standby.worker_pid();
+    assert_eq!(
+        standby.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's1'"),
+        worker,
+        "the worker keeps its temporary copy"
+    );
+
+    // The primary forgets the standby's feedback: the walreceiver is kept
+    // out, and standby1 is made anew, without xmin or catalog_xmin.
+    refuse_physical_replication(&primary, true);
+    primary.sql(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+          WHERE slot_name = 'standby1' AND active_pid IS NOT NULL",
+    );
+    primary.poll_query_until(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'standby1'",
+        "f",
+    );
+    primary.sql("SELECT pg_drop_replication_slot('standby1')");
+    primary.sql("SELECT pg_create_physical_replication_slot('standby1', true)");
+    assert_eq!(
+        primary.sql(
+            "SELECT concat_ws('|', xmin, catalog_xmin) FROM pg_replication_slots WHERE slot_name = 'standby1'"
+        ),
+        ""
+    );
+    // Nothing on the primary holds the deleted rows any more: they go.
+    primary.sql_in("app", "VACUUM pg_class, pg_attribute, pg_type, pg_depend");
+    // The copy still waits, temporary, held by the worker.
+    assert_eq!(
+        standby.sql(
+            "SELECT concat_ws('|', temporary, active_pid) FROM pg_replication_slots WHERE slot_name = 's1'"
+        ),
+        format!("t|{worker}")
+    );
+
+    // Let in again, the standby replays the vacuum: a conflict with the copy.
+    let offset = standby.log_offset();
+    refuse_physical_replication(&primary, false);
+    standby.wait_for_log(
+        &format!("terminating process {worker} to release replication slot \"s1\""),
+        offset,
+    );
+    // Replay goes on.
+    wait_for_replay(&standby, &primary);
+    assert_eq!(
+        standby.sql("SELECT conflicting FROM pg_replication_slots WHERE slot_name = 'holder'"),
+        "f",
+        "the holder (database postgres) has no conflict"
+    );
+
+    // The copy is made again and waits; once s1 moves, it is synced.
+    standby.poll_query_until(
+        "SELECT temporary AND NOT conflicting FROM pg_replication_slots WHERE slot_name = 's1'",
+        "t",
+    );
+    settle_copy(&primary, &standby, "app", "s1");
+    standby.poll_query_until(&status_of("s1"), "synced");
+
+    // And the standby can be promoted.
+    standby.promote();
+    assert_eq!(standby.sql("SELECT pg_is_in_recovery()"), "f");
+    standby.poll_query_until(
+        "SELECT NOT temporary FROM pg_replication_slots WHERE slot_name = 's1'",
+        "t",
     );
 }
