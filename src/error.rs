@@ -83,7 +83,15 @@ impl SyncError {
         let message = match payload.downcast_ref::<CaughtError>() {
             Some(CaughtError::PostgresError(e))
             | Some(CaughtError::ErrorReport(e))
-            | Some(CaughtError::RustPanic { ereport: e, .. }) => e.message().to_string(),
+            | Some(CaughtError::RustPanic { ereport: e, .. }) => {
+                // On a standby 40001 is only ever a recovery conflict: should
+                // the worker's signal wrapper have missed the request (core's
+                // handler consumed it first), this is where it shows.
+                if e.sql_error_code() == pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE {
+                    crate::slot::note_slot_conflict();
+                }
+                e.message().to_string()
+            }
             None => payload
                 .downcast_ref::<String>()
                 .cloned()

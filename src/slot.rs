@@ -591,6 +591,15 @@ extern "C-unwind" {
     fn sls_watch_slot_conflicts() -> bool;
     fn sls_slot_conflict_pending() -> bool;
     fn sls_slot_conflict_handled();
+    fn sls_slot_conflict_noted();
+}
+
+/// A statement of the worker was cancelled for a recovery conflict: answered
+/// as if the request had been seen (the signal wrapper can miss one that
+/// core's handler consumed first).
+pub fn note_slot_conflict() {
+    // SAFETY: sets a sig_atomic_t flag.
+    unsafe { sls_slot_conflict_noted() }
 }
 
 /// Watches for the startup process's request to release a slot it must
@@ -609,11 +618,19 @@ pub fn slot_conflict_pending() -> bool {
 /// Answers such a request: releases what the worker holds and drops its
 /// temporary copies (the next pass makes them again); persistent copies are
 /// held only while a pass writes them.
-pub fn release_for_recovery() {
+/// Returns how many temporary copies it dropped.
+pub fn release_for_recovery() -> usize {
     // SAFETY: clears a sig_atomic_t flag, before the drop, so that a request
     // arriving meanwhile is answered again.
     unsafe { sls_slot_conflict_handled() };
+    // SAFETY: reads this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    let held = local_logical_slots()
+        .iter()
+        .filter(|l| !l.persistent && l.active_pid == me)
+        .count();
     drop_own_temporary_slots();
+    held
 }
 
 /// Drops every temporary slot this process created (the copies that never

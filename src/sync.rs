@@ -94,6 +94,11 @@ pub struct Syncer {
     /// this standby): shown as its `last_error` until the new copy is ready.
     recopied: HashMap<String, String>,
     snapshot_request: SnapshotRequest,
+    /// Two-phase copies whose two_phase_at was compared with the primary's
+    /// (read from its slot's state file) since this worker started: others
+    /// are compared at their next pass, so that a two_phase_at set on the
+    /// standby (16: a refused consumer) is never taken for the primary's.
+    two_phase_verified: HashSet<String>,
 }
 
 /// `sync_logical_slot.log_standby_snapshot`: when the primary was last asked
@@ -150,9 +155,12 @@ impl Syncer {
             // worker decides what next (see stop_check).
             stop_check()?;
             let local = locals.get(&r.name);
-            let outcome = match unchanged(r, local, &standby) {
+            let mut verified = self.two_phase_verified.contains(&r.name);
+            let outcome = match unchanged(r, local, &standby, verified) {
                 Some(o) => Ok(o),
-                None => per_slot(|| sync_one(primary, r, local, &standby, &mut counts)),
+                None => {
+                    per_slot(|| sync_one(primary, r, local, &standby, &mut counts, &mut verified))
+                }
             };
             let outcome = match outcome {
                 Ok(o) => o,
@@ -168,6 +176,11 @@ impl Syncer {
                     }
                 }
             };
+            if verified && r.two_phase {
+                self.two_phase_verified.insert(r.name.clone());
+            } else {
+                self.two_phase_verified.remove(&r.name);
+            }
             self.say(r, &outcome);
             // SAFETY: reads the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -238,6 +251,8 @@ impl Syncer {
         self.said.retain(|k, _| names.contains(k.as_str()));
         self.last_synced.retain(|k, _| names.contains(k.as_str()));
         self.recopied.retain(|k, _| names.contains(k.as_str()));
+        self.two_phase_verified
+            .retain(|k| names.contains(k.as_str()));
 
         // Snapshot files older than every local slot's restart_lsn (core's own
         // rule). Never after a promotion: decoding writes its own files then.
@@ -259,14 +274,17 @@ impl Syncer {
             })
             .count() as u32;
         status::publish(&rows);
-        // Copies that reserved WAL past where the primary's slot restarts:
-        // only a running-xacts record decoded there moves that slot on.
+        // Copies that reserved WAL (or catalog rows) past where the primary's
+        // slot stands: only a running-xacts record decoded there moves it on.
         let waiting: Vec<String> = rows
             .iter()
             .filter(|r| {
                 r.state == State::WaitingForRemote
-                    && r.local
-                        .is_some_and(|(restart, _, _)| restart > r.remote_restart_lsn)
+                    && r.local.is_some_and(|(restart, _, xmin)| {
+                        restart > r.remote_restart_lsn
+                            || (restart == r.remote_restart_lsn
+                                && r.remote_catalog_xmin.precedes(xmin))
+                    })
             })
             .map(|r| r.name.clone())
             .collect();
@@ -450,12 +468,13 @@ fn unchanged(
     remote: &RemoteSlot,
     local: Option<&LocalSlot>,
     standby: &StandbyPosition,
+    two_phase_verified: bool,
 ) -> Option<Outcome> {
     let l = local?;
     let same = l.ours
         && l.persistent
         && l.invalidated.is_none()
-        && (!remote.two_phase || l.two_phase_at.is_valid())
+        && (!remote.two_phase || (l.two_phase_at.is_valid() && two_phase_verified))
         // Two-phase decoding on a copy whose primary slot lacks it: the plan re-makes it.
         && (!l.two_phase || remote.two_phase)
         && !remote.is_invalidated()
@@ -487,12 +506,19 @@ fn sync_one(
     local: Option<&LocalSlot>,
     standby: &StandbyPosition,
     counts: &mut PassCounts,
+    two_phase_verified: &mut bool,
 ) -> Result<Outcome, SyncError> {
-    // A two-phase slot's two_phase_at is read from the primary until the copy has it.
+    // A two-phase slot's two_phase_at is read from the primary until the copy
+    // has it, and once more to compare it (the plan re-makes a copy whose
+    // two_phase_at is not the primary's).
     let with_two_phase_at;
-    let remote = if remote.two_phase && !local.is_some_and(|l| l.two_phase_at.is_valid()) {
+    let remote = if remote.two_phase
+        && !(local.is_some_and(|l| l.two_phase_at.is_valid()) && *two_phase_verified)
+    {
         let mut r = remote.clone();
         r.two_phase_at = primary.two_phase_at_of(&remote.name)?.unwrap_or(Lsn(0));
+        *two_phase_verified =
+            r.two_phase_at.is_valid() && local.is_some_and(|l| l.two_phase_at == r.two_phase_at);
         with_two_phase_at = r;
         &with_two_phase_at
     } else {

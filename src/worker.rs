@@ -78,7 +78,7 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     if !slot::watch_slot_conflicts() {
         debug1(
             "sync_logical_slot worker cannot watch for recovery conflicts on its slots",
-            "This server's procsignal slot layout is not the expected one; a conflict then ends the worker, which releases its slots too.",
+            "This server's procsignal slot layout is not the expected one; a conflict is then seen only when it cancels one of the worker's statements.",
         );
     }
     status::connecting_to_database(false);
@@ -323,8 +323,7 @@ impl Worker {
         // SAFETY: registers a callback run at this process's exit (also after FATAL).
         unsafe { pg_sys::before_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0)) };
         loop {
-            if slot::slot_conflict_pending() {
-                slot::release_for_recovery();
+            if slot::slot_conflict_pending() && slot::release_for_recovery() > 0 {
                 log(
                     PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
                     "sync_logical_slot dropped its temporary copies: replay on this standby must invalidate one of them",
@@ -350,7 +349,9 @@ impl Worker {
             // Requests made until now are answered by this step.
             let upto = status::requested();
             let timeout = self.step(upto);
-            if !status::request_pending() {
+            // A conflict seen during the step (its latch already consumed)
+            // is answered at once, at the top of the loop.
+            if !status::request_pending() && !slot::slot_conflict_pending() {
                 self.sleep(timeout);
             }
         }
@@ -438,6 +439,9 @@ impl Worker {
                     signals::take_cancel_raised();
                     return Some(Duration::ZERO);
                 }
+                // Cancelled for a recovery conflict: the loop releases the
+                // copies at once, then connects again, no backoff.
+                Err(_) if slot::slot_conflict_pending() => return Some(Duration::ZERO),
                 Err(e) => {
                     // A failure is news, and so is the connection after it.
                     self.quiet_reconnect = false;
@@ -585,11 +589,14 @@ impl Worker {
         let primary = self.primary.as_mut().expect("matched above");
         // No snapshot: the wait may last seconds, and a snapshot held here
         // would hold back the primary's vacuum through hot_standby_feedback.
-        let waited = signals::in_long_poll(status::request_pending, || {
-            in_transaction_without_snapshot(|| {
-                primary.wait_for_change(&function, &slot_names, &physical, since, timeout)
-            })
-        });
+        let waited = signals::in_long_poll(
+            || status::request_pending() || slot::slot_conflict_pending(),
+            || {
+                in_transaction_without_snapshot(|| {
+                    primary.wait_for_change(&function, &slot_names, &physical, since, timeout)
+                })
+            },
+        );
         let Some(waited) = waited else {
             // A request or reload came first: the next step serves it.
             return;
@@ -610,9 +617,10 @@ impl Worker {
                     }
                 }
             }
-            // Cut short by a reload or a request: the connection may be
-            // mid-answer, so it is made anew (the next step does, quietly).
-            Err(_) if signals::take_cancel_raised() => {
+            // Cut short by a reload or a request, or cancelled for a
+            // recovery conflict: the connection may be mid-answer, so it is
+            // made anew (the next step does, quietly).
+            Err(_) if signals::take_cancel_raised() || slot::slot_conflict_pending() => {
                 self.disconnect();
                 self.quiet_reconnect = true;
             }

@@ -756,7 +756,10 @@ fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
     primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     let standby = dir.standby("standby1", &primary);
     standby.start();
-    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    // pgoutput: its two_phase option (protocol 3) enables two-phase
+    // decoding on the slot when streaming starts.
+    primary.sql("CREATE PUBLICATION pub FOR ALL TABLES");
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'pgoutput')");
     settle_copy(&primary, &standby, "postgres", "s1");
     assert_eq!(
         standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
@@ -767,7 +770,16 @@ fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
     let endpos = standby.sql("SELECT pg_last_wal_replay_lsn()");
     let file = dir.path.join("s1-two-phase.out");
     let mut recv = recvlogical_command(&standby, "s1", &file);
-    recv.args(["-E", &endpos, "-o", "two-phase-commit=1"]);
+    recv.args([
+        "-E",
+        &endpos,
+        "-o",
+        "proto_version=3",
+        "-o",
+        "publication_names=pub",
+        "-o",
+        "two_phase=on",
+    ]);
     let out = output_within_deadline(recv, "pg_recvlogical with two-phase decoding on the copy");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -88,6 +88,7 @@ void		sls_install_hooks(void);
 bool		sls_watch_slot_conflicts(void);
 bool		sls_slot_conflict_pending(void);
 void		sls_slot_conflict_handled(void);
+void		sls_slot_conflict_noted(void);
 static void refuse_copy(const char *slot_name);
 
 static ClientAuthentication_hook_type prev_client_auth = NULL;
@@ -526,8 +527,8 @@ sls_worker_sigusr1(SIGNAL_ARGS)
 /*
  * From the sync worker, once, after it connected to its database (it then
  * has its procsignal slot). False when the slot layout could not be checked:
- * conflicts then end in the worker's exit (FATAL) at worst, which drops the
- * copies too.
+ * conflicts are then seen only as statements cancelled with SQLSTATE 40001
+ * (sls_slot_conflict_noted, from the worker's error handling).
  */
 bool
 sls_watch_slot_conflicts(void)
@@ -540,7 +541,17 @@ sls_watch_slot_conflicts(void)
 		header->psh_slot[MyBackendId - 1].pss_pid != MyProcPid)
 		return false;
 	worker_procsignal_slot = &header->psh_slot[MyBackendId - 1];
-	worker_prev_sigusr1 = pqsignal(SIGUSR1, sls_worker_sigusr1);
+	/* No SIGUSR1 is handled while the wrapper does not know core's handler yet. */
+	{
+		sigset_t	block,
+					old;
+
+		sigemptyset(&block);
+		sigaddset(&block, SIGUSR1);
+		sigprocmask(SIG_BLOCK, &block, &old);
+		worker_prev_sigusr1 = pqsignal(SIGUSR1, sls_worker_sigusr1);
+		sigprocmask(SIG_SETMASK, &old, NULL);
+	}
 	return true;
 }
 
@@ -554,6 +565,13 @@ void
 sls_slot_conflict_handled(void)
 {
 	slot_conflict_pending = false;
+}
+
+/* A recovery conflict seen as a cancelled statement (SQLSTATE 40001). */
+void
+sls_slot_conflict_noted(void)
+{
+	slot_conflict_pending = true;
 }
 
 /* ---------------------------------------------------------------- standby copies */
