@@ -398,9 +398,9 @@ mod tests {
         assert!(!like("", "_"));
     }
 
-    #[test]
-    fn invalidated_remote_slot_is_recognised() {
-        let mut s = RemoteSlot {
+    /// A primary slot at restart_lsn 1 with `wal_status`.
+    fn remote_slot(wal_status: &str) -> RemoteSlot {
+        RemoteSlot {
             two_phase_at: Lsn(0),
             name: "s".into(),
             plugin: "p".into(),
@@ -409,9 +409,14 @@ mod tests {
             restart_lsn: Lsn(1),
             confirmed_flush_lsn: Lsn(1),
             catalog_xmin: Xid(5),
-            wal_status: "reserved".into(),
+            wal_status: wal_status.into(),
             conflicting: false,
-        };
+        }
+    }
+
+    #[test]
+    fn invalidated_remote_slot_is_recognised() {
+        let mut s = remote_slot("reserved");
         assert!(!s.is_invalidated());
         s.wal_status = "lost".into();
         assert!(
@@ -429,18 +434,7 @@ mod tests {
 
     #[test]
     fn conflicting_remote_slot_is_invalidated_with_its_cause() {
-        let mut s = RemoteSlot {
-            two_phase_at: Lsn(0),
-            name: "s".into(),
-            plugin: "p".into(),
-            database: "d".into(),
-            two_phase: false,
-            restart_lsn: Lsn(1),
-            confirmed_flush_lsn: Lsn(1),
-            catalog_xmin: Xid(5),
-            wal_status: "lost".into(),
-            conflicting: false,
-        };
+        let mut s = remote_slot("lost");
         assert_eq!(s.invalidation_cause(), None);
         // 16 keeps restart_lsn for a slot invalidated by a recovery conflict.
         s.conflicting = true;

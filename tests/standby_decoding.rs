@@ -60,15 +60,23 @@ fn slot_row(node: &Node, slot: &str) -> String {
 /// logged after it and confirmed past it. So: log one, consume, until the
 /// copy is persistent.
 fn settle_copy(primary: &Node, standby: &Node, db: &str, slot: &str) {
+    settle_copy_consuming(
+        primary,
+        standby,
+        db,
+        slot,
+        &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"),
+    );
+}
+
+/// As `settle_copy`, the primary's slot consumed with `consume`.
+fn settle_copy_consuming(primary: &Node, standby: &Node, db: &str, slot: &str, consume: &str) {
     let persistent =
         format!("SELECT NOT temporary FROM pg_replication_slots WHERE slot_name = '{slot}'");
     let deadline = Instant::now() + DEADLINE;
     loop {
         primary.sql("SELECT pg_log_standby_snapshot()");
-        primary.sql_in(
-            db,
-            &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"),
-        );
+        primary.sql_in(db, consume);
         standby.wait_for_catchup(primary);
         sleep(Duration::from_millis(300));
         if standby.try_sql(&persistent).as_deref() == Ok("t") {
@@ -158,6 +166,35 @@ fn sync_passes(standby: &Node, n: usize) {
     for _ in 0..n {
         standby.sql("SELECT * FROM sync_logical_slot_sync_now()");
     }
+}
+
+/// A primary with the extension and table `t`, and its running standby.
+fn primary_and_standby(dir: &TestDir) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    (primary, standby)
+}
+
+/// A primary that vacuums only when the test says so and keeps the WAL a
+/// standby misses while it is away, with table `table` and database `app`,
+/// and its running standby (copying `slot_names` when given).
+fn vacuum_ready_cluster(dir: &TestDir, table: &str, slot_names: Option<&str>) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.append_conf("autovacuum = off\nwal_keep_size = '1GB'");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql(&format!("CREATE TABLE {table}"));
+    primary.sql("CREATE DATABASE app");
+    let standby = dir.standby("standby1", &primary);
+    if let Some(names) = slot_names {
+        standby.set_auto_conf("sync_logical_slot.slot_names", names);
+    }
+    standby.start();
+    (primary, standby)
 }
 
 /// A consumer on the standby is refused a copy, however it names it; the
@@ -286,12 +323,7 @@ fn the_standbys_own_slots_are_never_touched() {
         return;
     }
     let dir = TestDir::new("standby_decoding_own_slots");
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = primary_and_standby(&dir);
     assert_eq!(standby.sql("SHOW sync_logical_slot.drop_extra_slots"), "on");
     primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
     settle_copy(&primary, &standby, "postgres", "s1");
@@ -403,15 +435,7 @@ fn a_copy_invalidated_on_the_standby_is_copied_afresh() {
         return;
     }
     let dir = TestDir::new("standby_decoding_recopy");
-    let primary = dir.primary("primary");
-    // No vacuum but the test's; the WAL the standby misses while down is kept.
-    primary.append_conf("autovacuum = off\nwal_keep_size = '1GB'");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    primary.sql("CREATE DATABASE app");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = vacuum_ready_cluster(&dir, "t (id int PRIMARY KEY, v text)", None);
     primary.sql_in(
         "app",
         "SELECT pg_create_logical_replication_slot('s1', 'test_decoding')",
@@ -740,6 +764,9 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     assert!(consumers.iter_mut().all(|c| c.running()));
 }
 
+/// Consumes slot s1 (pgoutput) on the primary by SQL.
+const PGOUTPUT_CONSUME: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('s1', NULL, NULL, 'proto_version', '1', 'publication_names', 'pub')";
+
 /// A consumer on the standby asking for two-phase decoding of a copy: core
 /// enables it on the slot before the refusal can answer. The copy, whose
 /// primary slot has two-phase decoding off, is then re-made, so that after a
@@ -750,17 +777,12 @@ fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
         return;
     }
     let dir = TestDir::new("standby_decoding_two_phase");
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = primary_and_standby(&dir);
     // pgoutput: its two_phase option (protocol 3) enables two-phase
     // decoding on the slot when streaming starts.
     primary.sql("CREATE PUBLICATION pub FOR ALL TABLES");
     primary.sql("SELECT pg_create_logical_replication_slot('s1', 'pgoutput')");
-    settle_copy(&primary, &standby, "postgres", "s1");
+    settle_copy_consuming(&primary, &standby, "postgres", "s1", PGOUTPUT_CONSUME);
     assert_eq!(
         standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
         "f"
@@ -792,7 +814,7 @@ fn a_copy_given_two_phase_by_a_refused_consumer_is_made_again() {
     standby.sql("SELECT * FROM sync_logical_slot_sync_now()");
     let at = standby.wait_for_log("re-creating replication slot \"s1\"", offset);
     standby.wait_for_log("but the primary's slot has it disabled", at);
-    settle_copy(&primary, &standby, "postgres", "s1");
+    settle_copy_consuming(&primary, &standby, "postgres", "s1", PGOUTPUT_CONSUME);
     assert_eq!(
         standby.sql("SELECT two_phase FROM pg_replication_slots WHERE slot_name = 's1'"),
         "f",
@@ -877,16 +899,7 @@ fn a_recovery_conflict_on_a_waiting_copy_does_not_stall_replay() {
         return;
     }
     let dir = TestDir::new("standby_decoding_conflict_waiting");
-    let primary = dir.primary("primary");
-    // No vacuum but the test's; the WAL the standby misses while refused is kept.
-    primary.append_conf("autovacuum = off\nwal_keep_size = '1GB'");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE hold (x int)");
-    primary.sql("CREATE DATABASE app");
-    let standby = dir.standby("standby1", &primary);
-    standby.set_auto_conf("sync_logical_slot.slot_names", "none_yet");
-    standby.start();
+    let (primary, standby) = vacuum_ready_cluster(&dir, "hold (x int)", Some("none_yet"));
 
     // The holder of the standby's oldest safe decoding xid.
     create_on_standby(&primary, &standby, "holder");
