@@ -1,5 +1,5 @@
 //! sync_logical_slot: keeps the primary's logical replication slots
-//! failover-ready on its physical standbys (PostgreSQL 15; 16 next).
+//! failover-ready on its physical standbys (PostgreSQL 15 and 16).
 //!
 //! This file is the table of contents; see DESIGN.md for the contract.
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -3,9 +3,10 @@
 //! Every call into `ReplicationSlot*`, the slot array and the locks that guard
 //! it is wrapped here, once. The sync module above decides; this module does.
 //!
-//! How a copy lives on a standby (PostgreSQL 13-16 forbid
-//! `pg_create_logical_replication_slot` in recovery, so the copy is made with
-//! the internal API, as pg_failover_slots and PostgreSQL 17 do):
+//! How a copy lives on a standby (15 forbids `pg_create_logical_replication_slot`
+//! in recovery, and on 16 it would decode up to a consistent point of its own
+//! rather than take the primary's positions, so the copy is made with the
+//! internal API, as pg_failover_slots and PostgreSQL 17 do):
 //! - created as a *temporary* slot (`RS_TEMPORARY`) owned by the worker, that
 //!   reserves the standby's own WAL horizon (its last restartpoint) and its
 //!   oldest safe decoding xid as `catalog_xmin`. A temporary slot vanishes if
@@ -38,7 +39,7 @@ const OWNER_MARKER: &str = "sync_logical_slot";
 const PRIMARY_MARKER: &str = "sync_logical_slot.primary";
 
 // C macros absent from the bindings: indexes into MainLWLockArray
-// (storage/lwlocknames.h, the same in PostgreSQL 13 to 16). A pg_test checks
+// (storage/lwlocknames.h, the same in PostgreSQL 15 and 16). A pg_test checks
 // the names against the running server.
 const PROC_ARRAY_LOCK: usize = 4;
 const SLOT_ALLOCATION_LOCK: usize = 36;
