@@ -317,6 +317,20 @@ pub fn complete() -> bool {
     t.len == t.total
 }
 
+/// The worker stopped keeping the copies current (a prerequisite went
+/// missing): no row stays ready on a verdict it can no longer renew. Every
+/// row becomes `error` with `why`, until the next pass.
+pub fn withdraw(why: &str) {
+    let mut t = TABLE.exclusive();
+    let len = t.len as usize;
+    let error = STATES.iter().position(|s| *s == State::Error).unwrap_or(5) as u8;
+    for e in t.entries[..len].iter_mut() {
+        e.state = error;
+        e.ready = false;
+        put(&mut e.last_error, why);
+    }
+}
+
 /// Empties the table (the server is not, or no longer, a standby).
 pub fn clear() {
     let mut t = TABLE.exclusive();

@@ -700,6 +700,10 @@ impl Worker {
             Mode::MissingPrerequisites(missing) => {
                 report_activity("waiting: prerequisites missing");
                 let what = missing.join(" and ");
+                // The copies are no longer kept current: not ready.
+                status::withdraw(&format!(
+                    "not kept current: {what} on this standby, so the worker stopped syncing"
+                ));
                 log(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     &format!("sync_logical_slot cannot sync slots: {what} on this standby"),

@@ -115,3 +115,39 @@ fn missing_physical_slot_on_the_primary_is_reported_and_copies_wait() {
         "warned once, not every pass"
     );
 }
+
+/// A copy that was ready is no longer ready once the worker stops keeping it
+/// current (hot_standby_feedback turned off), also while the primary is up
+/// and its slot moves on; ready again once the setting is back.
+#[test]
+fn a_ready_copy_is_not_ready_once_the_worker_stops_syncing() {
+    let dir = TestDir::new("prereq_stale");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    // Made after the base backup: the copy's reservation (the standby's
+    // restartpoint) is behind it, so the copy is ready at once.
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    wait_for_copy(&standby, &primary, "s1");
+    assert_eq!(standby.sql("SELECT sync_logical_slot_ready()"), "t");
+
+    let offset = standby.log_offset();
+    standby.sql("ALTER SYSTEM SET hot_standby_feedback = off");
+    standby.reload();
+    standby.wait_for_log(MISSING_FEEDBACK, offset);
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "f");
+    assert_eq!(
+        standby.sql("SELECT state || '|' || ready || '|' || last_error FROM sync_logical_slot_status"),
+        "error|false|not kept current: hot_standby_feedback is off on this standby, so the worker stopped syncing"
+    );
+    assert_eq!(
+        standby.sql("SELECT sync_logical_slot_wait_ready('200ms')"),
+        "f"
+    );
+
+    standby.sql("ALTER SYSTEM SET hot_standby_feedback = on");
+    standby.reload();
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+}
