@@ -274,6 +274,11 @@ const STATES: [State; 6] = [
     State::Error,
 ];
 
+/// How a state is kept in the table: its index in STATES.
+fn state_code(state: State) -> u8 {
+    STATES.iter().position(|s| *s == state).unwrap_or(5) as u8
+}
+
 /// Replaces the table with this pass's rows (the first CAPACITY of them).
 pub fn publish(rows: &[SlotStatus]) {
     let mut t = TABLE.exclusive();
@@ -282,7 +287,7 @@ pub fn publish(rows: &[SlotStatus]) {
         put(&mut e.name, &r.name);
         put(&mut e.database, &r.database);
         put(&mut e.plugin, &r.plugin);
-        e.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
+        e.state = state_code(r.state);
         e.ready = r.ready;
         e.remote_restart_lsn = r.remote_restart_lsn.0;
         e.remote_confirmed_flush_lsn = r.remote_confirmed_flush_lsn.0;
@@ -323,9 +328,8 @@ pub fn complete() -> bool {
 pub fn withdraw(why: &str) {
     let mut t = TABLE.exclusive();
     let len = t.len as usize;
-    let error = STATES.iter().position(|s| *s == State::Error).unwrap_or(5) as u8;
     for e in t.entries[..len].iter_mut() {
-        e.state = error;
+        e.state = state_code(State::Error);
         e.ready = false;
         put(&mut e.last_error, why);
     }

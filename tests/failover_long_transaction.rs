@@ -31,12 +31,7 @@ fn consume(node: &Node) -> Vec<i64> {
 
 fn run(rounds: i64) {
     let dir = TestDir::new(&format!("failover_long_transaction_{rounds}"));
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = primary_and_standby(&dir);
 
     primary.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
     primary.sql("INSERT INTO t VALUES (1, 'first')");

@@ -48,12 +48,7 @@ fn copies(node: &Node) -> Vec<Copy> {
 #[test]
 fn standby_crash_keeps_copies_forward_and_within_its_wal() {
     let dir = TestDir::new("standby_crash");
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
+    let (primary, standby) = primary_and_standby(&dir);
 
     for slot in ["a", "b"] {
         primary.sql(&format!(

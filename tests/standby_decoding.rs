@@ -168,17 +168,6 @@ fn sync_passes(standby: &Node, n: usize) {
     }
 }
 
-/// A primary with the extension and table `t`, and its running standby.
-fn primary_and_standby(dir: &TestDir) -> (Node, Node) {
-    let primary = dir.primary("primary");
-    primary.start();
-    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let standby = dir.standby("standby1", &primary);
-    standby.start();
-    (primary, standby)
-}
-
 /// A primary that vacuums only when the test says so and keeps the WAL a
 /// standby misses while it is away, with table `table` and database `app`,
 /// and its running standby (copying `slot_names` when given).

@@ -118,6 +118,11 @@ typedef struct
 	SlsProcSignalSlot psh_slot[FLEXIBLE_ARRAY_MEMBER];
 } SlsProcSignalHeader;
 
+/*
+ * This process's procsignal slot and the SIGUSR1 handler our wrapper wraps:
+ * a walsender's (sls_sigusr1) or the sync worker's (sls_worker_sigusr1); a
+ * process is only ever one of the two.
+ */
 static volatile SlsProcSignalSlot *my_procsignal_slot = NULL;
 static pqsigfunc prev_sigusr1 = NULL;
 static bool watching_sigusr1 = false;
@@ -125,6 +130,50 @@ static bool watching_sigusr1 = false;
 static volatile sig_atomic_t stop_requested = false;
 /* The slot layout could not be verified: any SIGUSR1 counts as a stop. */
 static bool stop_detection_blind = false;
+
+/*
+ * This process's procsignal slot, checked to carry our pid; NULL when the
+ * layout is not the expected one. Once its procsignal slot is set up (a
+ * walsender, or the sync worker connected to its database).
+ */
+static volatile SlsProcSignalSlot *
+find_my_procsignal_slot(void)
+{
+	bool		found;
+	SlsProcSignalHeader *header;
+
+	header = (SlsProcSignalHeader *) ShmemInitStruct("ProcSignal", ProcSignalShmemSize(), &found);
+	if (found && MyBackendId >= 1 && MyBackendId <= MaxBackends + NUM_AUXPROCTYPES &&
+		header->psh_slot[MyBackendId - 1].pss_pid == MyProcPid)
+		return &header->psh_slot[MyBackendId - 1];
+	return NULL;
+}
+
+/*
+ * Makes `wrapper` this process's SIGUSR1 handler, with the handler it wraps
+ * in prev_sigusr1; no SIGUSR1 is handled in between.
+ */
+static void
+wrap_sigusr1(pqsigfunc wrapper)
+{
+	sigset_t	block,
+				old;
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &block, &old);
+	prev_sigusr1 = pqsignal(SIGUSR1, wrapper);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+/* From a wrapper: the handler it wraps (core's procsignal handler). */
+static void
+call_prev_sigusr1(int postgres_signal_arg)
+{
+	if (prev_sigusr1 != NULL && prev_sigusr1 != (pqsigfunc) SIG_IGN &&
+		prev_sigusr1 != (pqsigfunc) SIG_DFL)
+		prev_sigusr1(postgres_signal_arg);
+}
 
 static void
 sls_sigusr1(SIGNAL_ARGS)
@@ -135,9 +184,7 @@ sls_sigusr1(SIGNAL_ARGS)
 		my_procsignal_slot->pss_signalFlags[PROCSIG_WALSND_INIT_STOPPING])
 		stop_requested = true;
 	errno = save_errno;
-	if (prev_sigusr1 != NULL && prev_sigusr1 != (pqsigfunc) SIG_IGN &&
-		prev_sigusr1 != (pqsigfunc) SIG_DFL)
-		prev_sigusr1(postgres_signal_arg);
+	call_prev_sigusr1(postgres_signal_arg);
 }
 
 /*
@@ -149,23 +196,17 @@ sls_sigusr1(SIGNAL_ARGS)
 static void
 watch_sigusr1(void)
 {
-	bool		found;
-	SlsProcSignalHeader *header;
-
 	if (watching_sigusr1)
 		return;
 	watching_sigusr1 = true;
 
-	header = (SlsProcSignalHeader *) ShmemInitStruct("ProcSignal", ProcSignalShmemSize(), &found);
-	if (found && MyBackendId >= 1 && MyBackendId <= MaxBackends + NUM_AUXPROCTYPES &&
-		header->psh_slot[MyBackendId - 1].pss_pid == MyProcPid)
-		my_procsignal_slot = &header->psh_slot[MyBackendId - 1];
-	else
+	my_procsignal_slot = find_my_procsignal_slot();
+	if (my_procsignal_slot == NULL)
 	{
 		stop_detection_blind = true;
 		sls_warn_stop_detection();
 	}
-	prev_sigusr1 = pqsignal(SIGUSR1, sls_sigusr1);
+	wrap_sigusr1(sls_sigusr1);
 }
 
 /* ---------------------------------------------------------------- waiting */
@@ -501,8 +542,6 @@ sls_client_authentication(Port *port, int status)
  * promotion) would wait for ever. The worker's SIGUSR1 handler is wrapped to
  * read the flag before core's handler clears it.
  */
-static volatile SlsProcSignalSlot *worker_procsignal_slot = NULL;
-static pqsigfunc worker_prev_sigusr1 = NULL;
 static volatile sig_atomic_t slot_conflict_pending = false;
 
 static void
@@ -511,17 +550,15 @@ sls_worker_sigusr1(SIGNAL_ARGS)
 	int			save_errno = errno;
 
 #if PG_VERSION_NUM >= 160000
-	if (worker_procsignal_slot != NULL &&
-		worker_procsignal_slot->pss_signalFlags[PROCSIG_RECOVERY_CONFLICT_LOGICALSLOT])
+	if (my_procsignal_slot != NULL &&
+		my_procsignal_slot->pss_signalFlags[PROCSIG_RECOVERY_CONFLICT_LOGICALSLOT])
 	{
 		slot_conflict_pending = true;
 		SetLatch(MyLatch);
 	}
 #endif
 	errno = save_errno;
-	if (worker_prev_sigusr1 != NULL && worker_prev_sigusr1 != (pqsigfunc) SIG_IGN &&
-		worker_prev_sigusr1 != (pqsigfunc) SIG_DFL)
-		worker_prev_sigusr1(postgres_signal_arg);
+	call_prev_sigusr1(postgres_signal_arg);
 }
 
 /*
@@ -533,25 +570,10 @@ sls_worker_sigusr1(SIGNAL_ARGS)
 bool
 sls_watch_slot_conflicts(void)
 {
-	bool		found;
-	SlsProcSignalHeader *header;
-
-	header = (SlsProcSignalHeader *) ShmemInitStruct("ProcSignal", ProcSignalShmemSize(), &found);
-	if (!found || MyBackendId < 1 || MyBackendId > MaxBackends + NUM_AUXPROCTYPES ||
-		header->psh_slot[MyBackendId - 1].pss_pid != MyProcPid)
+	my_procsignal_slot = find_my_procsignal_slot();
+	if (my_procsignal_slot == NULL)
 		return false;
-	worker_procsignal_slot = &header->psh_slot[MyBackendId - 1];
-	/* No SIGUSR1 is handled while the wrapper does not know core's handler yet. */
-	{
-		sigset_t	block,
-					old;
-
-		sigemptyset(&block);
-		sigaddset(&block, SIGUSR1);
-		sigprocmask(SIG_BLOCK, &block, &old);
-		worker_prev_sigusr1 = pqsignal(SIGUSR1, sls_worker_sigusr1);
-		sigprocmask(SIG_SETMASK, &old, NULL);
-	}
+	wrap_sigusr1(sls_worker_sigusr1);
 	return true;
 }
 

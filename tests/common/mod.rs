@@ -693,6 +693,18 @@ pub fn subscriber_of(dir: &TestDir, primary: &Node) -> Node {
     subscriber
 }
 
+/// A primary with the extension and table `t`, and its streaming standby
+/// `standby1`, both started.
+pub fn primary_and_standby(dir: &TestDir) -> (Node, Node) {
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let standby = dir.standby("standby1", &primary);
+    standby.start();
+    (primary, standby)
+}
+
 /// A primary that holds its logical consumers behind `standby1`
 /// (`standby_slot_names`), with table `t`, publication `pub`, and that
 /// streaming standby, both started.
