@@ -132,13 +132,33 @@ fn a_missing_database_is_waited_for_not_a_restart_loop() {
 
     // The database appears (by replication): the worker connects and syncs.
     primary.sql("CREATE DATABASE sls_typo");
-    primary.sql("INSERT INTO t VALUES (1)");
-    primary.sql("CHECKPOINT");
-    primary.sql("SELECT pg_replication_slot_advance('s1', pg_current_wal_lsn())");
     standby.wait_for_log("database \"sls_typo\" exists now", offset);
     standby.poll_query_until(
         "SELECT count(*) FROM sync_logical_slot_status WHERE slot_name IS NULL",
         "0",
     );
+    // The new copy reserves the standby's newest safe xid; it becomes
+    // persistent once the primary's slot has decoded a running-xacts record
+    // logged after that (one logged while a transaction still ran, an
+    // autovacuum's say, does not move it): write, checkpoint and advance
+    // until it is.
+    let persistent = "SELECT NOT temporary FROM pg_replication_slots WHERE slot_name = 's1'";
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        primary.sql("INSERT INTO t VALUES (1)");
+        primary.sql("CHECKPOINT");
+        primary.sql("SELECT pg_replication_slot_advance('s1', pg_current_wal_lsn())");
+        standby.wait_for_catchup(&primary);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if standby.try_sql(persistent).as_deref() == Ok("t") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy of s1 never became persistent; status: {:?}\n{}",
+            standby.try_sql("SELECT * FROM sync_logical_slot_status"),
+            standby.log_tail()
+        );
+    }
     wait_for_copy(&standby, &primary, "s1");
 }
