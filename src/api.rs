@@ -1,8 +1,9 @@
-//! SQL functions and the status view. Every function is superuser-only
-//! (REVOKE ... FROM PUBLIC below, and checked inside), except the long poll
-//! that the standbys' workers call on the primary
-//! (`sync_logical_slot_wait_for_change`): REVOKEd too, and granted to the
-//! workers' role by the DBA.
+//! SQL functions and the status view. Every function is REVOKEd from PUBLIC.
+//! Those that change slots are superuser-only (checked inside too); the
+//! status view and the readiness functions are granted to pg_monitor (and
+//! to whom the DBA grants them); the long poll and the file readers that the
+//! standbys' workers call on the primary are granted to the workers' role by
+//! the DBA.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ fn sync_logical_slot_status_rows() -> TableIterator<
         name!(lag_bytes, Option<i64>),
         name!(last_sync_at, Option<TimestampWithTimeZone>),
         name!(last_error, Option<String>),
+        name!(verdict_source, Option<String>),
+        name!(verified_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let lsn = |l: crate::types::Lsn| l.is_valid().then(|| l.to_string());
@@ -58,6 +61,8 @@ fn sync_logical_slot_status_rows() -> TableIterator<
             None,
             None,
             Some(why),
+            None,
+            None,
         )
     });
     let rows: Vec<_> = worker_row
@@ -67,13 +72,25 @@ fn sync_logical_slot_status_rows() -> TableIterator<
                 Some((r, c, x)) => (lsn(r), lsn(c), xid(x)),
                 None => (None, None, None),
             };
-            let lag = s.local.and_then(|(_, c, _)| {
-                (c.is_valid() && s.remote_confirmed_flush_lsn.is_valid())
-                    .then(|| s.remote_confirmed_flush_lsn.0.saturating_sub(c.0) as i64)
-            });
-            let at = (s.last_sync_at != 0)
-                .then(|| TimestampWithTimeZone::try_from(s.last_sync_at).ok())
-                .flatten();
+            // A copy waiting for the primary's slot (not persistent yet) has
+            // no meaningful distance to it: its positions are the standby's
+            // own reservation.
+            let lag = s
+                .local
+                .filter(|_| s.state != crate::plan::State::WaitingForRemote)
+                .and_then(|(_, c, _)| {
+                    (c.is_valid() && s.remote_confirmed_flush_lsn.is_valid())
+                        .then(|| s.remote_confirmed_flush_lsn.0.saturating_sub(c.0) as i64)
+                });
+            let timestamp = |t: i64| {
+                (t != 0)
+                    .then(|| TimestampWithTimeZone::try_from(t).ok())
+                    .flatten()
+            };
+            let at = timestamp(s.last_sync_at);
+            let verified = timestamp(s.verified_at);
+            let source = (s.verified_at != 0 || s.from_disk)
+                .then(|| if s.from_disk { "disk" } else { "pass" }.to_string());
             (
                 Some(s.name),
                 Some(s.database),
@@ -89,6 +106,8 @@ fn sync_logical_slot_status_rows() -> TableIterator<
                 lag,
                 at,
                 s.last_error,
+                source,
+                verified,
             )
         }))
         .collect();
@@ -568,32 +587,136 @@ fn sync_logical_slot_sync_now() -> TableIterator<
     TableIterator::once((c as i32, a as i32, d as i32))
 }
 
-/// True when every slot the filters select on the primary has a ready copy
-/// here, as of the worker's last pass, and those copies still exist.
-fn ready_now() -> bool {
-    // No pass yet, or more slots than the table shows: nothing can be vouched for.
-    if status::passes() == 0 || !status::complete() {
-        return false;
+/// A readiness answer: the verdict, how old it is, where it comes from.
+struct Verdict {
+    ready: bool,
+    /// Every verdict considered was read from disk (no pass since the start).
+    from_disk: bool,
+    /// TimestampTz of the oldest verdict considered (0: none).
+    verified_at: i64,
+    not_ready: Vec<String>,
+    detail: String,
+}
+
+/// Whether the copies are ready: of the slots named, or else of every slot
+/// the filters select on the primary (as of the worker's last pass, or of
+/// the records on disk until a pass reaches the primary), leaving out idle
+/// slots when `sync_logical_slot.ready_ignores_idle_slots` is on. The copies
+/// must still exist, persistent and valid.
+fn verdict(slots: Option<&[String]>) -> Verdict {
+    let rows = status::read();
+    let from_disk = !rows.is_empty() && rows.iter().all(|r| r.from_disk);
+    let unknown = |detail: &str| Verdict {
+        ready: false,
+        from_disk: false,
+        verified_at: 0,
+        not_ready: slots.map(<[String]>::to_vec).unwrap_or_default(),
+        detail: detail.into(),
+    };
+    if status::passes() == 0 && !from_disk {
+        return unknown("no verdict yet: the worker has not completed a sync pass since it started, and no copy keeps a ready verdict on disk");
+    }
+    // More slots than the table shows: nothing can be vouched for.
+    if !status::complete() {
+        return unknown("more slots than the status table holds: readiness cannot be told");
     }
     let locals = crate::slot::local_logical_slots();
-    status::read().iter().all(|row| {
+    let usable = |row: &status::SlotStatus| {
         row.ready
             && locals
                 .iter()
                 .any(|l| l.name == row.name && l.persistent && l.invalidated.is_none())
+    };
+    let mut not_ready = Vec::new();
+    let mut verified_at = i64::MAX;
+    let mut idle_left_out = 0;
+    match slots {
+        Some(names) => {
+            for name in names {
+                match rows.iter().find(|r| &r.name == name) {
+                    Some(row) => {
+                        verified_at = verified_at.min(row.verified_at);
+                        if !usable(row) {
+                            not_ready.push(name.clone());
+                        }
+                    }
+                    None => not_ready.push(name.clone()),
+                }
+            }
+        }
+        None => {
+            let ignore_idle = crate::guc::ready_ignores_idle_slots();
+            for row in &rows {
+                if ignore_idle && row.idle && !row.ready {
+                    idle_left_out += 1;
+                    continue;
+                }
+                verified_at = verified_at.min(row.verified_at);
+                if !usable(row) {
+                    not_ready.push(row.name.clone());
+                }
+            }
+        }
+    }
+    let verified_at = if verified_at == i64::MAX {
+        0
+    } else {
+        verified_at
+    };
+    let mut detail = match not_ready.len() {
+        0 => "every copy asked about is ready".to_string(),
+        n => format!(
+            "{n} cop{} not ready (see sync_logical_slot_status)",
+            if n == 1 { "y" } else { "ies" }
+        ),
+    };
+    if from_disk {
+        detail.push_str("; verdicts read from disk: no sync pass has reached the primary since this server started");
+    }
+    if idle_left_out > 0 {
+        detail.push_str(&format!(
+            "; {idle_left_out} idle slot(s) left out (sync_logical_slot.ready_ignores_idle_slots)"
+        ));
+    }
+    Verdict {
+        ready: not_ready.is_empty(),
+        from_disk,
+        verified_at,
+        not_ready,
+        detail,
+    }
+}
+
+/// The slot list of the readiness functions: NULL (every selected slot) or
+/// names, none NULL.
+fn slot_list(slots: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    slots.map(|v| {
+        v.into_iter()
+            .map(|s| {
+                s.unwrap_or_else(|| {
+                    fail(
+                        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                        "slots must not contain NULL",
+                        Some("Pass slot names, or NULL for every slot the filters select."),
+                    )
+                })
+            })
+            .collect()
     })
 }
 
 #[pg_extern(volatile, parallel_safe)]
-fn sync_logical_slot_ready() -> bool {
-    require_superuser("sync_logical_slot_ready");
+fn sync_logical_slot_ready(slots: default!(Option<Vec<Option<String>>>, "NULL")) -> bool {
+    let slots = slot_list(slots);
     require_standby("Readiness is asked of a standby before it is promoted.");
-    ready_now()
+    verdict(slots.as_deref()).ready
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn sync_logical_slot_wait_ready(timeout: Option<Interval>) -> bool {
-    require_superuser("sync_logical_slot_wait_ready");
+fn sync_logical_slot_wait_ready(
+    timeout: Option<Interval>,
+    slots: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> bool {
     let micros = match timeout {
         Some(t) if !t.is_negative() => t.as_micros(),
         _ => fail(
@@ -602,10 +725,11 @@ fn sync_logical_slot_wait_ready(timeout: Option<Interval>) -> bool {
             Some("For example: SELECT sync_logical_slot_wait_ready('30s');"),
         ),
     };
+    let slots = slot_list(slots);
     require_standby("Readiness is asked of a standby before it is promoted.");
     let deadline = Instant::now() + Duration::from_micros(micros.clamp(0, u64::MAX as i128) as u64);
     loop {
-        if ready_now() {
+        if verdict(slots.as_deref()).ready {
             return true;
         }
         if Instant::now() >= deadline {
@@ -613,6 +737,39 @@ fn sync_logical_slot_wait_ready(timeout: Option<Interval>) -> bool {
         }
         wait_a_little();
     }
+}
+
+/// The readiness verdict with its age and source, for an HA manager's log.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn sync_logical_slot_readiness(
+    slots: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(ready, bool),
+        name!(verdict_source, Option<String>),
+        name!(verified_at, Option<TimestampWithTimeZone>),
+        name!(verdict_age, Option<Interval>),
+        name!(not_ready, Vec<String>),
+        name!(detail, String),
+    ),
+> {
+    let slots = slot_list(slots);
+    require_standby("Readiness is asked of a standby before it is promoted.");
+    let v = verdict(slots.as_deref());
+    let known = v.verified_at != 0;
+    let source =
+        (known || v.from_disk).then(|| if v.from_disk { "disk" } else { "pass" }.to_string());
+    let at = known
+        .then(|| TimestampWithTimeZone::try_from(v.verified_at).ok())
+        .flatten();
+    let age = known.then(|| {
+        // SAFETY: reads the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        Interval::from_micros((now - v.verified_at).max(0))
+    });
+    TableIterator::once((v.ready, source, at, age, v.not_ready, v.detail))
 }
 
 /// Copies or advances one slot now (a pass through the worker) and returns its state.
@@ -883,7 +1040,9 @@ SELECT slot_name::name AS slot_name,
        local_catalog_xmin::xid AS local_catalog_xmin,
        lag_bytes,
        last_sync_at,
-       last_error
+       last_error,
+       verdict_source,
+       verified_at
   FROM @extschema@.sync_logical_slot_status_rows();
 
 -- The documented signatures (name, pg_lsn) over the Rust functions.
@@ -909,13 +1068,22 @@ REVOKE ALL ON FUNCTION sync_logical_slot_status_rows() FROM PUBLIC;
 REVOKE ALL ON sync_logical_slot_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION failover_logical_slot_init(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_sync_now() FROM PUBLIC;
-REVOKE ALL ON FUNCTION sync_logical_slot_ready() FROM PUBLIC;
-REVOKE ALL ON FUNCTION sync_logical_slot_wait_ready(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_ready(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_wait_ready(interval, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_readiness(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_sync_slot_internal(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_advance(name, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_advance_internal(text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, integer) FROM PUBLIC;
+
+-- Reading readiness and status is monitoring: pg_monitor may, and any role
+-- the DBA grants the same. Changing slots stays superuser-only.
+GRANT SELECT ON sync_logical_slot_status TO pg_monitor;
+GRANT EXECUTE ON FUNCTION sync_logical_slot_status_rows() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION sync_logical_slot_ready(text[]) TO pg_monitor;
+GRANT EXECUTE ON FUNCTION sync_logical_slot_wait_ready(interval, text[]) TO pg_monitor;
+GRANT EXECUTE ON FUNCTION sync_logical_slot_readiness(text[]) TO pg_monitor;
 
 COMMENT ON VIEW sync_logical_slot_status IS
   'One row per primary slot this standby copies or waits to copy, as of the worker''s last pass; empty on a primary. ready: the copy can be used after a failover.';
@@ -925,10 +1093,12 @@ COMMENT ON FUNCTION failover_logical_slot_init(text, text, text, text, text) IS
   'On the primary: creates or updates foreign server master_fdw (postgres_fdw) and the user mapping the standbys'' workers connect with; returns the postgresql.conf lines to add on the standbys. The password is never shown.';
 COMMENT ON FUNCTION sync_logical_slot_sync_now() IS
   'On a standby: one sync pass now, run by the worker; returns how many copies it created, advanced and dropped.';
-COMMENT ON FUNCTION sync_logical_slot_ready() IS
-  'On a standby: true when every slot the filters select on the primary has a ready copy here (as of the worker''s last pass). A promotion gate.';
-COMMENT ON FUNCTION sync_logical_slot_wait_ready(interval) IS
-  'On a standby: waits up to timeout for sync_logical_slot_ready(); returns its last value.';
+COMMENT ON FUNCTION sync_logical_slot_ready(text[]) IS
+  'On a standby: true when the slots named (NULL: every slot the filters select on the primary, less idle ones if sync_logical_slot.ready_ignores_idle_slots) have a ready copy here, as of the worker''s last pass, or, until a pass reaches the primary after a restart, as the copies'' records on disk say. A promotion gate; sync_logical_slot_readiness() tells how old the verdict is.';
+COMMENT ON FUNCTION sync_logical_slot_wait_ready(interval, text[]) IS
+  'On a standby: waits up to timeout for sync_logical_slot_ready(slots); returns its last value.';
+COMMENT ON FUNCTION sync_logical_slot_readiness(text[]) IS
+  'On a standby: sync_logical_slot_ready(slots) with its verdict''s source (pass: this worker''s passes; disk: the records kept with the copies, read at start while no pass has reached the primary), the oldest verdict''s time and age, the slots not ready, and why.';
 COMMENT ON FUNCTION sync_logical_slot_sync_slot(name) IS
   'On a standby: a sync pass now; returns the state of this slot''s copy. An error if the primary lacks it or the filters exclude it.';
 COMMENT ON FUNCTION sync_logical_slot_sync_slot_internal(text) IS
@@ -951,6 +1121,7 @@ COMMENT ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, intege
         sync_logical_slot_sync_now,
         sync_logical_slot_ready,
         sync_logical_slot_wait_ready,
+        sync_logical_slot_readiness,
         sync_logical_slot_sync_slot_internal,
         sync_logical_slot_advance_internal,
         sync_logical_slot_wait_for_change

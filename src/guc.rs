@@ -34,6 +34,7 @@ static SLOT_NAMES: GucSetting<Option<CString>> =
 static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static DROP_EXTRA_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static LOG_STANDBY_SNAPSHOT: GucSetting<bool> = GucSetting::<bool>::new(false);
+static READY_IGNORES_IDLE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 static STANDBY_SLOTS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
@@ -131,6 +132,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
+    GucRegistry::define_bool_guc(
+        c"sync_logical_slot.ready_ignores_idle_slots",
+        c"sync_logical_slot_ready() without a slot list leaves out idle slots: no consumer on the primary, not moved since this standby began copying them.",
+        c"Such a copy waits (waiting_for_remote) until its consumer reads again. Leaving it out lets a promotion go ahead without it: that slot is then missing on the promoted server.",
+        &READY_IGNORES_IDLE_SLOTS,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
     GucRegistry::define_int_guc(
         c"sync_logical_slot.standby_slots_min_confirmed",
         c"How many of standby_slot_names must have flushed a transaction before logical consumers receive it.",
@@ -193,6 +202,10 @@ pub fn drop_extra_slots() -> bool {
 
 pub fn log_standby_snapshot() -> bool {
     LOG_STANDBY_SNAPSHOT.get()
+}
+
+pub fn ready_ignores_idle_slots() -> bool {
+    READY_IGNORES_IDLE_SLOTS.get()
 }
 
 /// The named standbys' slots, or why the value does not parse: a malformed

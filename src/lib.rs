@@ -16,6 +16,7 @@ pub mod guc; // settings, check hooks, typed accessors
 pub mod pgver; // what differs between PostgreSQL 15 and 16
 pub mod plan; // per-slot decisions (pure)
 pub mod primary; // the wait for the standbys (standby_slot_names); hooks in C
+pub mod readiness; // ready verdicts kept on disk with the copies
 pub mod remote; // the primary connection and the remote slot query
 pub mod slot; // the only file touching ReplicationSlot internals
 pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
@@ -184,6 +185,7 @@ mod tests {
             "SELECT * FROM sync_logical_slot_sync_now()",
             "SELECT sync_logical_slot_ready()",
             "SELECT sync_logical_slot_wait_ready('1s')",
+            "SELECT * FROM sync_logical_slot_readiness()",
             "SELECT sync_logical_slot_sync_slot('s')",
             "SELECT sync_logical_slot_advance('s', '0/1')",
         ] {
@@ -246,7 +248,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn every_function_is_superuser_only() {
+    fn no_function_is_public_and_pg_monitor_only_reads() {
         define_sqlstate_of();
         Spi::run("CREATE ROLE sls_nobody").unwrap();
         Spi::run("GRANT USAGE ON SCHEMA tests TO sls_nobody").unwrap();
@@ -268,6 +270,27 @@ mod tests {
             "SELECT sync_logical_slot_read_slot_state('s')",
         ] {
             assert_eq!(sqlstate_of(sql), "42501", "{sql}");
+        }
+        Spi::run("RESET ROLE").unwrap();
+        // pg_monitor reads the status and readiness (here, a primary, they
+        // say so: 55000), and changes nothing.
+        Spi::run("GRANT pg_monitor TO sls_nobody").unwrap();
+        Spi::run("SET ROLE sls_nobody").unwrap();
+        for (sql, sqlstate) in [
+            ("SELECT * FROM sync_logical_slot_status", "ok"),
+            ("SELECT sync_logical_slot_ready()", "55000"),
+            ("SELECT sync_logical_slot_ready(ARRAY['s'])", "55000"),
+            ("SELECT sync_logical_slot_wait_ready('1s', NULL)", "55000"),
+            ("SELECT * FROM sync_logical_slot_readiness()", "55000"),
+            ("SELECT * FROM sync_logical_slot_sync_now()", "42501"),
+            ("SELECT sync_logical_slot_sync_slot('s')", "42501"),
+            ("SELECT sync_logical_slot_advance('s', '0/1')", "42501"),
+            (
+                "SELECT * FROM failover_logical_slot_init('h', '1', 'd', 'u', 'p')",
+                "42501",
+            ),
+        ] {
+            assert_eq!(sqlstate_of(sql), sqlstate, "{sql} as pg_monitor");
         }
         Spi::run("RESET ROLE").unwrap();
     }

@@ -418,6 +418,7 @@ mod tests {
             catalog_xmin: Xid(xmin),
             wal_status: "reserved".into(),
             conflicting: false,
+            active: false,
         }
     }
 

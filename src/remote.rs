@@ -395,7 +395,7 @@ impl Primary {
         let sql = REMOTE_SLOTS_QUERY
             .replace("$physical", &pgrx::spi::quote_literal(physical_slot))
             .replace("$conflicting", crate::pgver::CONFLICTING_COLUMN);
-        let rows = self.query(&sql, 10)?;
+        let rows = self.query(&sql, 11)?;
         let mut logical = Vec::with_capacity(rows.len());
         let mut feedback = None;
         for row in rows {
@@ -530,7 +530,7 @@ impl Drop for Primary {
 const REMOTE_SLOTS_QUERY: &str =
     "SELECT slot_name::text, plugin::text, database::text, two_phase::text,
         restart_lsn::text, confirmed_flush_lsn::text, catalog_xmin::text, wal_status, slot_type,
-        $conflicting
+        $conflicting, active::text
    FROM pg_catalog.pg_replication_slots
   WHERE (slot_type = 'logical' AND NOT temporary) OR slot_name = $physical
   ORDER BY slot_name";
@@ -561,6 +561,7 @@ pub fn parse_slot_row(row: &[Option<String>]) -> Result<RemoteSlot, SyncError> {
         },
         wal_status: col(7),
         conflicting: matches!(col(9).as_str(), "true" | "t"),
+        active: matches!(col(10).as_str(), "true" | "t"),
     })
 }
 

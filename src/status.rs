@@ -36,6 +36,15 @@ pub struct Entry {
     local_catalog_xmin: u32,
     /// TimestampTz of the last pass that found the copy synced (0: never).
     last_sync_at: i64,
+    /// TimestampTz of the last pass that reached this row's verdict, or
+    /// renewed it (0: none).
+    verified_at: i64,
+    /// The verdict is the record kept on disk with the copy, read at the
+    /// worker's start (no pass has reached the primary since).
+    from_disk: bool,
+    /// No consumer on the primary, and the slot has not moved since this
+    /// worker began copying it.
+    idle: bool,
     last_error: [u8; ERROR_LEN],
 }
 
@@ -65,6 +74,9 @@ const EMPTY_ENTRY: Entry = Entry {
     local_confirmed_flush_lsn: 0,
     local_catalog_xmin: 0,
     last_sync_at: 0,
+    verified_at: 0,
+    from_disk: false,
+    idle: false,
     last_error: [0; ERROR_LEN],
 };
 
@@ -247,6 +259,13 @@ pub struct SlotStatus {
     pub local: Option<(Lsn, Lsn, Xid)>,
     /// TimestampTz of the last pass that found the copy synced (0: never).
     pub last_sync_at: i64,
+    /// TimestampTz of the last pass that reached or renewed this verdict.
+    pub verified_at: i64,
+    /// The verdict comes from the record on disk (readiness.rs), not a pass.
+    pub from_disk: bool,
+    /// No consumer on the primary, and the slot has not moved since this
+    /// worker began copying it (`sync_logical_slot.ready_ignores_idle_slots`).
+    pub idle: bool,
     pub last_error: Option<String>,
 }
 
@@ -298,6 +317,9 @@ pub fn publish(rows: &[SlotStatus]) {
         e.local_confirmed_flush_lsn = lc.0;
         e.local_catalog_xmin = lx.0;
         e.last_sync_at = r.last_sync_at;
+        e.verified_at = r.verified_at;
+        e.from_disk = r.from_disk;
+        e.idle = r.idle;
         put(&mut e.last_error, r.last_error.as_deref().unwrap_or(""));
     }
     t.len = n as u32;
@@ -313,6 +335,7 @@ pub fn touch_synced(now: i64) {
         if STATES[(e.state as usize).min(5)] == State::Synced {
             e.last_sync_at = now;
         }
+        e.verified_at = now;
     }
 }
 
@@ -326,13 +349,23 @@ pub fn complete() -> bool {
 /// missing): no row stays ready on a verdict it can no longer renew. Every
 /// row becomes `error` with `why`, until the next pass.
 pub fn withdraw(why: &str) {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut t = TABLE.exclusive();
     let len = t.len as usize;
     for e in t.entries[..len].iter_mut() {
         e.state = state_code(State::Error);
         e.ready = false;
+        e.from_disk = false;
+        e.verified_at = now;
         put(&mut e.last_error, why);
     }
+}
+
+/// Whether the table shows verdicts read from disk (no pass since the start).
+pub fn from_disk() -> bool {
+    let t = TABLE.share();
+    t.entries[..t.len as usize].iter().any(|e| e.from_disk)
 }
 
 /// Empties the table (the server is not, or no longer, a standby).
@@ -364,6 +397,9 @@ pub fn read() -> Vec<SlotStatus> {
                     Xid(e.local_catalog_xmin),
                 )),
                 last_sync_at: e.last_sync_at,
+                verified_at: e.verified_at,
+                from_disk: e.from_disk,
+                idle: e.idle,
                 last_error: (!error.is_empty()).then_some(error),
             }
         })

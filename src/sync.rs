@@ -53,6 +53,7 @@ use crate::error::SyncError;
 use crate::guc;
 use crate::pgver;
 use crate::plan::{self, Action, LocalSlot, StandbyPosition, State, Target};
+use crate::readiness;
 use crate::remote::Primary;
 use crate::slot;
 use crate::snapshot;
@@ -99,6 +100,11 @@ pub struct Syncer {
     /// are compared at their next pass, so that a two_phase_at set on the
     /// standby (16: a refused consumer) is never taken for the primary's.
     two_phase_verified: HashSet<String>,
+    /// Each selected slot's confirmed_flush_lsn when this worker first saw
+    /// it on the primary: a slot still there with no consumer is idle.
+    first_seen: HashMap<String, Lsn>,
+    /// The ready verdicts kept on disk with the copies (readiness.rs).
+    verdicts: readiness::Keeper,
 }
 
 /// `sync_logical_slot.log_standby_snapshot`: when the primary was last asked
@@ -201,6 +207,13 @@ impl Syncer {
                 self.last_synced.insert(r.name.clone(), now);
                 self.recopied.remove(&r.name);
             }
+            let first = *self
+                .first_seen
+                .entry(r.name.clone())
+                .or_insert(r.confirmed_flush_lsn);
+            let idle = outcome.state == State::WaitingForRemote
+                && !r.active
+                && r.confirmed_flush_lsn == first;
             rows.push(SlotStatus {
                 name: r.name.clone(),
                 database: r.database.clone(),
@@ -212,6 +225,9 @@ impl Syncer {
                 remote_catalog_xmin: r.catalog_xmin,
                 local: outcome.local,
                 last_sync_at: self.last_synced.get(&r.name).copied().unwrap_or(0),
+                verified_at: now,
+                from_disk: false,
+                idle,
                 last_error: matches!(outcome.state, State::Error | State::Invalidated)
                     .then(|| outcome.reason.clone())
                     .flatten()
@@ -251,6 +267,7 @@ impl Syncer {
         self.said.retain(|k, _| names.contains(k.as_str()));
         self.last_synced.retain(|k, _| names.contains(k.as_str()));
         self.recopied.retain(|k, _| names.contains(k.as_str()));
+        self.first_seen.retain(|k, _| names.contains(k.as_str()));
         self.two_phase_verified
             .retain(|k| names.contains(k.as_str()));
 
@@ -274,6 +291,7 @@ impl Syncer {
             })
             .count() as u32;
         status::publish(&rows);
+        self.verdicts.record_pass(&rows, readiness::now());
         // Copies that reserved WAL (or catalog rows) past where the primary's
         // slot stands: only a running-xacts record decoded there moves it on.
         let waiting: Vec<String> = rows
@@ -381,6 +399,12 @@ impl Syncer {
             }
         }
         status::touch_synced(now);
+        self.verdicts.renewed(now);
+    }
+
+    /// No verdict can be renewed any more: none stays on disk either.
+    pub fn forget_verdicts(&mut self) {
+        self.verdicts.forget();
     }
 
     /// Warns once when the primary has no slot named by primary_slot_name:

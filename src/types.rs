@@ -138,6 +138,8 @@ pub struct RemoteSlot {
     /// recovery while the primary was itself a standby (rows_removed or
     /// wal_level_insufficient; the view does not say which). False on 15.
     pub conflicting: bool,
+    /// A consumer is connected to the slot on the primary now.
+    pub active: bool,
 }
 
 impl RemoteSlot {
@@ -411,6 +413,7 @@ mod tests {
             catalog_xmin: Xid(5),
             wal_status: wal_status.into(),
             conflicting: false,
+            active: false,
         }
     }
 

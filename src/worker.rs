@@ -32,6 +32,7 @@ use pgrx::PgSqlErrorCode;
 use crate::conninfo::{worker_conninfo, ConnSource};
 use crate::error::SyncError;
 use crate::guc;
+use crate::readiness;
 use crate::remote::{source_conninfo, Primary};
 use crate::slot;
 use crate::status;
@@ -313,6 +314,8 @@ struct Worker {
     long_poll_checked: Option<Instant>,
     /// What the log last said about the long poll (None: nothing yet).
     long_poll_said: Option<Result<(), String>>,
+    /// The verdicts kept on disk were shown (once, before the first pass).
+    disk_verdicts_shown: bool,
 }
 
 impl Worker {
@@ -383,6 +386,11 @@ impl Worker {
                 slot::drop_own_temporary_slots();
                 status::clear();
             }
+            if self.mode != Some(Mode::NotStandby) {
+                // No verdict of a standby's life may outlive it (should this
+                // server become a standby again).
+                self.syncer.forget_verdicts();
+            }
             self.enter(Mode::NotStandby);
             self.disconnect();
             status::answer(upto, Err(SyncError::NotInRecovery.to_string()));
@@ -406,6 +414,15 @@ impl Worker {
             return Some(guc::naptime());
         }
         self.enter(Mode::Standby);
+        if !std::mem::replace(&mut self.disk_verdicts_shown, true) && status::passes() == 0 {
+            // Until a pass reaches the primary, the copies' readiness is what
+            // their records on disk say (the primary may be down).
+            if let Ok(rows) = in_transaction(|| Ok(readiness::load(&guc::slot_filter()))) {
+                if !rows.is_empty() {
+                    status::publish(&rows);
+                }
+            }
+        }
 
         if self.primary.is_none() {
             if let Some(at) = self.retry_at {
@@ -523,6 +540,17 @@ impl Worker {
             }
             Err(e) => {
                 status::answer(upto, Err(e.to_string()));
+                // The primary still answers: it is up, and the worker cannot
+                // renew the verdicts. Ready would be stale: withdrawn until a
+                // pass succeeds. (A primary that stopped answering leaves
+                // them: ready then means "current when the primary went".)
+                let primary = self.primary.as_mut().expect("connected above");
+                if in_transaction(|| primary.query("SELECT 1", 1)).is_ok() {
+                    status::withdraw(&format!(
+                        "not kept current: the sync pass fails while the primary server is up: {e}"
+                    ));
+                    self.syncer.forget_verdicts();
+                }
                 self.disconnect();
                 let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
                 Some(self.failed(e, &source))
@@ -704,6 +732,7 @@ impl Worker {
                 status::withdraw(&format!(
                     "not kept current: {what} on this standby, so the worker stopped syncing"
                 ));
+                self.syncer.forget_verdicts();
                 log(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     &format!("sync_logical_slot cannot sync slots: {what} on this standby"),
