@@ -116,15 +116,6 @@ impl Record {
             && r.is_valid()
     }
 
-    fn same_verdict(&self, other: &Record) -> bool {
-        Record {
-            verified_at: 0,
-            ..self.clone()
-        } == Record {
-            verified_at: 0,
-            ..other.clone()
-        }
-    }
 }
 
 fn record_path(name: &str) -> PathBuf {
@@ -201,24 +192,27 @@ impl Keeper {
                 continue;
             };
             keep.insert(r.name.as_str());
+            let remote = (
+                r.remote_restart_lsn,
+                r.remote_confirmed_flush_lsn,
+                r.remote_catalog_xmin,
+            );
+            // Most passes change nothing for most copies: no allocation then.
+            if self.written.get(&r.name).is_some_and(|w| {
+                w.local == local
+                    && w.remote == remote
+                    && w.database == r.database
+                    && w.plugin == r.plugin
+            }) {
+                continue;
+            }
             let record = Record {
                 database: r.database.clone(),
                 plugin: r.plugin.clone(),
-                remote: (
-                    r.remote_restart_lsn,
-                    r.remote_confirmed_flush_lsn,
-                    r.remote_catalog_xmin,
-                ),
+                remote,
                 local,
                 verified_at: now,
             };
-            if self
-                .written
-                .get(&r.name)
-                .is_some_and(|w| w.same_verdict(&record))
-            {
-                continue;
-            }
             match replace_file(&record_path(&r.name), &record.to_text()) {
                 Ok(()) => {
                     self.written.insert(r.name.clone(), record);
