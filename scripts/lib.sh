@@ -30,6 +30,12 @@ PGRX_TESTDATA=${PGRX_TESTDATA:-/tmp/pgrx-testdata-$PG_MAJOR}
 APT_PACKAGES="libclang-dev clang pkg-config libpq-dev libpq5 libkrb5-dev sudo"
 # PostgreSQL 16 itself comes from ensure_pg16 (with this machine's pip and npm).
 [ "$PG_MAJOR" = 16 ] || APT_PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR $APT_PACKAGES"
+# Only scripts/test needs these: tests/monitoring.rs runs the real exporter
+# with monitoring/postgres_exporter/queries.yaml, and promtool (in the
+# prometheus package) checks and unit-tests monitoring/prometheus/. On a
+# machine with systemd, installing them also enables their services
+# (prometheus on :9090, the exporter on :9187); the tests use neither.
+TEST_APT_PACKAGES="prometheus-postgres-exporter prometheus"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -45,6 +51,10 @@ ensure_packages() {
     [ ${#missing[@]} -eq 0 ] && return 0
     step "installing ${missing[*]}"
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+}
+
+ensure_test_packages() {
+    APT_PACKAGES=$TEST_APT_PACKAGES ensure_packages
 }
 
 ensure_cargo_pgrx() {
