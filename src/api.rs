@@ -246,6 +246,26 @@ impl InitArgs {
     }
 }
 
+/// The postgresql.conf lines every standby needs for the seed-compatible
+/// set-up, as failover_logical_slot_init returns them (pure, for unit tests):
+/// settings, with a comment where a value is the DBA's to choose. Appended
+/// as they are to a standby's postgresql.conf, they are all it needs besides
+/// what any streaming standby has (primary_conninfo, standby.signal).
+pub fn standby_conf_lines(database: &str) -> Vec<String> {
+    vec![
+        "shared_preload_libraries = 'sync_logical_slot'\t# with any libraries already listed there".into(),
+        "wal_level = logical\t# a standby that holds logical slots needs it to start".into(),
+        "hot_standby_feedback = on".into(),
+        "#primary_slot_name = 'standby1'\t# required: this standby's physical slot on the primary (pg_basebackup -R -S <slot> writes it)".into(),
+        format!(
+            "sync_logical_slot.database = '{}'",
+            database.replace('\\', "\\\\").replace('\'', "''")
+        ),
+        format!("sync_logical_slot.master_fdw = '{FOREIGN_SERVER}'"),
+        "sync_logical_slot.standby_slot_names = ''\t# applies once promoted, where a named slot that is missing holds every logical consumer: then name its own standbys' slots".into(),
+    ]
+}
+
 /// A SQL string literal, as PostgreSQL's quote_literal() writes it (pure Rust,
 /// so that unit tests need no server).
 fn literal(v: &str) -> String {
@@ -507,14 +527,7 @@ fn failover_logical_slot_init(
         .flatten()
         .unwrap_or_default();
     HIDE_NEXT_ERROR.store(false, Ordering::Relaxed);
-    SetOfIterator::new(vec![
-        "shared_preload_libraries = 'sync_logical_slot'".to_string(),
-        format!(
-            "sync_logical_slot.database = {}",
-            pgrx::spi::quote_literal(&database)
-        ),
-        format!("sync_logical_slot.master_fdw = '{FOREIGN_SERVER}'"),
-    ])
+    SetOfIterator::new(standby_conf_lines(&database))
 }
 
 // ---------------------------------------------------------------------------
@@ -1184,6 +1197,47 @@ mod unit_tests {
         assert_eq!(wait_for_change_interval(1000, ms(0)), ms(10));
         assert_eq!(wait_for_change_interval(1000, ms(150)), ms(20));
         assert_eq!(wait_for_change_interval(50_000, ms(0)), ms(10));
+    }
+
+    #[test]
+    fn the_set_up_returns_every_line_a_standby_needs() {
+        let lines = standby_conf_lines("it's");
+        assert!(standby_conf_lines("a\\b")
+            .contains(&"sync_logical_slot.database = 'a\\\\b'".to_string()));
+        let setting = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{name} = ")))
+                .map(|l| l.split('\t').next().unwrap().to_string())
+                .unwrap_or_else(|| panic!("no {name} line in {lines:#?}"))
+        };
+        assert_eq!(
+            setting("shared_preload_libraries"),
+            "shared_preload_libraries = 'sync_logical_slot'"
+        );
+        assert_eq!(setting("wal_level"), "wal_level = logical");
+        assert_eq!(setting("hot_standby_feedback"), "hot_standby_feedback = on");
+        assert_eq!(
+            setting("sync_logical_slot.database"),
+            "sync_logical_slot.database = 'it''s'"
+        );
+        assert_eq!(
+            setting("sync_logical_slot.master_fdw"),
+            "sync_logical_slot.master_fdw = 'master_fdw'"
+        );
+        assert_eq!(
+            setting("sync_logical_slot.standby_slot_names"),
+            "sync_logical_slot.standby_slot_names = ''"
+        );
+        // The physical slot's name is the DBA's: a reminder, commented out.
+        assert!(lines.iter().any(|l| l.starts_with("#primary_slot_name = ")));
+        // Every line is a setting or a comment, with a tab before any
+        // trailing comment: appended as they are, postgresql.conf parses.
+        for l in &lines {
+            let value = l.split('\t').next().unwrap();
+            assert!(value.starts_with('#') || value.contains(" = "), "{l}");
+            assert!(!value.contains(" #"), "{l}");
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl SyncError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             SyncError::Connect(_) => Some(
-                "Check that the primary is running, that pg_hba.conf on the primary allows a replication connection to the worker's database, and the credentials.",
+                "Check that the primary is running; that its pg_hba.conf has a database line for sync_logical_slot.database and the worker's role (\"host <database> <role> <address> <method>\"): the worker's connection is replication=database, which \"replication\" lines do not match; that the role has REPLICATION; and the credentials.",
             ),
             SyncError::NoForeignServer(_) | SyncError::NoUserMapping(_) => Some(
                 "Run failover_logical_slot_init() on the primary, or set sync_logical_slot.primary_conninfo.",
@@ -108,5 +108,20 @@ impl SyncError {
             report = report.set_hint(h);
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connect_hint_asks_for_a_database_line() {
+        // The worker's connection is replication=database: pg_hba.conf
+        // matches it with a database line, never with a "replication" line.
+        let hint = SyncError::Connect("x".into()).hint().unwrap();
+        assert!(hint.contains("database line for sync_logical_slot.database"));
+        assert!(hint.contains("\"replication\" lines do not match"));
+        assert!(!hint.contains("allows a replication connection"));
     }
 }

@@ -141,19 +141,25 @@ mod tests {
             .map(|r| r.get::<String>(1).unwrap().unwrap())
             .collect()
         });
-        assert_eq!(
-            lines,
-            vec![
-                "shared_preload_libraries = 'sync_logical_slot'".to_string(),
-                format!(
-                    "sync_logical_slot.database = '{}'",
-                    Spi::get_one::<String>("SELECT current_database()::text")
-                        .unwrap()
-                        .unwrap()
-                ),
-                "sync_logical_slot.master_fdw = 'master_fdw'".to_string(),
-            ]
-        );
+        let database = Spi::get_one::<String>("SELECT current_database()::text")
+            .unwrap()
+            .unwrap();
+        assert_eq!(lines, crate::api::standby_conf_lines(&database));
+        for needed in [
+            "shared_preload_libraries = 'sync_logical_slot'".to_string(),
+            "wal_level = logical".to_string(),
+            "hot_standby_feedback = on".to_string(),
+            format!("sync_logical_slot.database = '{database}'"),
+            "sync_logical_slot.master_fdw = 'master_fdw'".to_string(),
+            "sync_logical_slot.standby_slot_names = ''".to_string(),
+        ] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.split('\t').next() == Some(needed.as_str())),
+                "{needed} is missing from {lines:#?}"
+            );
+        }
         assert!(lines.iter().all(|l| !l.contains("s3cret")));
         let options = "SELECT array_to_string(srvoptions, ',') FROM pg_foreign_server WHERE srvname = 'master_fdw'";
         assert_eq!(

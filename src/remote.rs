@@ -4,8 +4,9 @@
 //! (loaded on demand), as core's slot sync worker does: it waits on the
 //! process latch and socket, so SIGTERM ends the worker even in the middle of a
 //! connection attempt or a query. The connection is a `replication=database`
-//! one, so the same pg_hba.conf entry and role that serve the standby's
-//! walreceiver serve the worker. Every statement runs read-only with a
+//! one: its role needs REPLICATION, as the walreceiver's does, but pg_hba.conf
+//! matches it with a database line (`host <database> <role> ...`), not with
+//! the `replication` line that lets the walreceiver in. Every statement runs read-only with a
 //! timeout (see `conninfo::worker_conninfo`): the worker never writes on the
 //! primary.
 //!

@@ -58,10 +58,25 @@ fn set_up_from_the_primary_then_ready_sync_now_sync_slot_advance() {
         "SELECT * FROM failover_logical_slot_init('127.0.0.1', '{}', 'postgres', 'slot_sync', '{PASSWORD}')",
         primary.port
     ));
+    // Every line a standby needs (settings; a comment where the value is the
+    // DBA's), appended below as they are.
+    let settings: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .filter(|l| !l.starts_with('#'))
+        .collect();
     assert_eq!(
-        lines,
-        "shared_preload_libraries = 'sync_logical_slot'\nsync_logical_slot.database = 'postgres'\nsync_logical_slot.master_fdw = 'master_fdw'"
+        settings,
+        [
+            "shared_preload_libraries = 'sync_logical_slot'",
+            "wal_level = logical",
+            "hot_standby_feedback = on",
+            "sync_logical_slot.database = 'postgres'",
+            "sync_logical_slot.master_fdw = 'master_fdw'",
+            "sync_logical_slot.standby_slot_names = ''",
+        ]
     );
+    assert!(lines.contains("\n#primary_slot_name = "), "{lines}");
     // A slot created before the standby exists: its WAL start is not on the
     // standby, so its copy waits until the slot moves on.
     primary.sql("CREATE TABLE t (id int)");

@@ -56,13 +56,17 @@ pub fn bindir() -> PathBuf {
 
 /// A command for a PostgreSQL binary, run as the unprivileged user when we are root.
 pub fn pg_command(program: &str) -> Command {
-    let path = bindir().join(program);
+    os_user_command(bindir().join(program))
+}
+
+/// A command run as the unprivileged user when we are root (as this user otherwise).
+pub fn os_user_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", OS_USER, "--"]).arg(path);
+        c.args(["-u", OS_USER, "--"]).arg(program);
         c
     } else {
-        Command::new(path)
+        Command::new(program)
     }
 }
 
@@ -220,6 +224,20 @@ fsync = off
             self.path.display()
         ));
         node
+    }
+
+    /// A new cluster, `initdb` and nothing more: its postgresql.conf is
+    /// initdb's (no port yet: append one before starting it).
+    pub fn initdb_only(&self, name: &str) -> Node {
+        let node = self.node(name);
+        node.initdb();
+        node
+    }
+
+    /// A node whose data directory something else makes (e.g. a
+    /// pg_basebackup that the test runs itself), on a port of its own.
+    pub fn unmade(&self, name: &str) -> Node {
+        self.node(name)
     }
 
     fn node(&self, name: &str) -> Node {
