@@ -5,14 +5,20 @@
 //!    slot mon_slot (copied)        --extend.query-path=monitoring/postgres_exporter/queries.yaml
 //!    slot held ◀── pg_recvlogical  one per server and role, on loopback; /metrics read over TCP
 //! ```
-//! On the standby: the copy of `mon_slot` is `ready` 1, in state `synced`,
-//! with no lag and a fresh `seconds_since_sync`; one worker, syncing. On the
-//! primary: no copies, the worker idle. A `pg_monitor` role, and a database
-//! without the extension, get `status_view_readable` 0 and no per-copy
-//! series, with no error in the server's log; once granted the view, the
-//! role sees the copies. With `standby_slot_names = 'standby1'` and the
-//! standby stopped, the walsender of `held` shows `held` 1 with WAL unsent,
-//! and the named standby's slot inactive; started again, it is released.
+//! Every exporter connects as `mon`, a role with `pg_monitor` and nothing
+//! else: the extension grants `pg_monitor` the status view. On the standby:
+//! the copy of `mon_slot` is `ready` 1, in state `synced`, with no lag, a
+//! fresh verdict (`verdict_age_seconds`) renewed by a pass (`from_disk` 0);
+//! one worker, syncing. On the primary: no copies, the worker idle. In a
+//! database without the extension the server-level query still works
+//! (`extension_present` 0, `status_view_readable` 0, the worker seen) and
+//! the per-copy series are absent: their queries fail there, and the only
+//! ERROR they cause is that the view does not exist. With
+//! `standby_slot_names = 'standby1'` and the standby stopped, the walsender
+//! of `held` shows `held` 1 with WAL unsent, and the named standby's slot
+//! inactive; started again, it is released. Last, with the primary gone and
+//! the standby restarted, the copy is ready `from_disk` 1 with a verdict as
+//! old as the last pass before the primary went.
 //! The exporter is a test prerequisite (`scripts/test` installs it): the
 //! test fails when it is missing.
 
@@ -237,22 +243,35 @@ fn assert_value(body: &str, metric: &str, labels: &[(&str, &str)], expected: f64
     );
 }
 
-/// Fails if the server's log, from `offset`, has an ERROR raised by one of
-/// the queries file's statements (its STATEMENT line names the extension).
-fn assert_no_error_from_our_queries(node: &Node, offset: usize) {
+/// The ERRORs in the server's log, from `offset`, raised by one of the
+/// queries file's statements (the entry, ERROR line and the two after it,
+/// names the extension).
+fn errors_from_our_queries(node: &Node, offset: usize) -> Vec<String> {
     let log = node.log_since(offset);
     let lines: Vec<&str> = log.lines().collect();
-    for (i, l) in lines.iter().enumerate() {
-        if l.contains("ERROR:") {
-            let entry = lines[i..(i + 3).min(lines.len())].join("\n");
-            assert!(
-                !entry.contains("sync_logical_slot"),
-                "a monitoring query failed on {}:\n{entry}",
-                node.name
-            );
-        }
-    }
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("ERROR:"))
+        .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
+        .filter(|entry| entry.contains("sync_logical_slot"))
+        .collect()
 }
+
+/// A libpq connection string for the `pg_monitor` role `mon`.
+fn as_mon(node: &Node, db: &str) -> String {
+    format!("host=127.0.0.1 port={} user=mon dbname={db}", node.port)
+}
+
+/// The per-copy metrics: none may appear where the view cannot be read.
+const PER_COPY: [&str; 6] = [
+    "sync_logical_slot_copy_ready",
+    "sync_logical_slot_copy_state",
+    "sync_logical_slot_copy_lag_bytes",
+    "sync_logical_slot_copy_seconds_since_sync",
+    "sync_logical_slot_copy_verdict_age_seconds",
+    "sync_logical_slot_copy_from_disk",
+];
 
 #[test]
 fn exporter_shows_copies_workers_and_held_consumers() {
@@ -261,6 +280,7 @@ fn exporter_shows_copies_workers_and_held_consumers() {
     primary.sql("SELECT pg_create_logical_replication_slot('mon_slot', 'test_decoding')");
     primary.sql("INSERT INTO t VALUES (1, 'a')");
     primary.sql("SELECT count(*) FROM pg_logical_slot_get_changes('mon_slot', NULL, NULL)");
+    // pg_monitor and nothing else: the extension grants it the status view.
     primary.sql("CREATE ROLE mon LOGIN IN ROLE pg_monitor");
     primary.sql("CREATE DATABASE other");
     wait_for_copy(&standby, &primary, "mon_slot");
@@ -275,10 +295,11 @@ fn exporter_shows_copies_workers_and_held_consumers() {
     .expect("copy queries.yaml");
     let standby_log = standby.log_offset();
     let primary_log = primary.log_offset();
-    let on_standby = Exporter::start(&dir, "standby1", &standby.conninfo("postgres"), &queries);
-    let on_primary = Exporter::start(&dir, "primary", &primary.conninfo("postgres"), &queries);
+    let on_standby = Exporter::start(&dir, "standby1", &as_mon(&standby, "postgres"), &queries);
+    let on_primary = Exporter::start(&dir, "primary", &as_mon(&primary, "postgres"), &queries);
 
-    // The standby: the copy, ready and synced, no lag, just checked.
+    // The standby: the copy, ready and synced, no lag, its verdict just
+    // renewed by a pass.
     let copy = [
         ("slot_name", "mon_slot"),
         ("database", "postgres"),
@@ -301,19 +322,23 @@ fn exporter_shows_copies_workers_and_held_consumers() {
         );
     }
     assert_value(&body, "sync_logical_slot_copy_lag_bytes", &copy, 0.0);
-    let since = value(&body, "sync_logical_slot_copy_seconds_since_sync", &copy)
-        .expect("seconds_since_sync of mon_slot");
-    assert!(
-        (0.0..30.0).contains(&since),
-        "seconds_since_sync of a synced copy is {since}"
-    );
+    assert_value(&body, "sync_logical_slot_copy_from_disk", &copy, 0.0);
+    for metric in [
+        "sync_logical_slot_copy_seconds_since_sync",
+        "sync_logical_slot_copy_verdict_age_seconds",
+    ] {
+        let age = value(&body, metric, &copy).unwrap_or_else(|| panic!("{metric} of mon_slot"));
+        assert!(
+            (0.0..30.0).contains(&age),
+            "{metric} of a synced copy is {age}"
+        );
+    }
     for (metric, v) in [
         ("sync_logical_slot_server_in_recovery", 1.0),
         ("sync_logical_slot_server_library_loaded", 1.0),
         ("sync_logical_slot_server_extension_present", 1.0),
         ("sync_logical_slot_server_status_view_readable", 1.0),
         ("sync_logical_slot_server_workers", 1.0),
-        ("sync_logical_slot_server_worker_error", 0.0),
         ("pg_exporter_user_queries_load_error", 0.0),
     ] {
         assert_value(&body, metric, &[], v);
@@ -326,8 +351,10 @@ fn exporter_shows_copies_workers_and_held_consumers() {
     );
     assert!(samples(&body, "sync_logical_slot_walsender_held").is_empty());
     println!(
-        "standby1's exporter:\n{}",
-        lines_of(&body, "sync_logical_slot_copy_ready")
+        "standby1's exporter (role mon, pg_monitor only):\n{}\n{}\n{}",
+        lines_of(&body, "sync_logical_slot_copy_ready"),
+        lines_of(&body, "sync_logical_slot_copy_verdict_age_seconds"),
+        lines_of(&body, "sync_logical_slot_copy_from_disk")
     );
 
     // The primary: no copies, its worker idle.
@@ -351,67 +378,71 @@ fn exporter_shows_copies_workers_and_held_consumers() {
         "copies on a primary: {}",
         lines_of(&body, "sync_logical_slot_copy_ready")
     );
-
-    // A pg_monitor role may not read the view today (superuser-only), and a
-    // database without the extension has none: both say so, with no error.
-    let as_monitor = Exporter::start(
-        &dir,
-        "standby1-pg_monitor",
-        &format!(
-            "host=127.0.0.1 port={} user=mon dbname=postgres",
-            standby.port
-        ),
-        &queries,
+    let errors = errors_from_our_queries(&standby, standby_log);
+    assert!(
+        errors.is_empty(),
+        "a monitoring query failed on standby1:\n{}",
+        errors.join("\n")
     );
+
+    // An exporter pointed at a database without the extension: the
+    // server-level query still answers, the per-copy queries fail (the view
+    // does not exist there), so their series are absent.
+    let standby_log = standby.log_offset();
     let elsewhere = Exporter::start(
         &dir,
         "standby1-other-db",
-        &standby.conninfo("other"),
+        &as_mon(&standby, "other"),
         &queries,
     );
-    for (exporter, extension) in [(&as_monitor, 1.0), (&elsewhere, 0.0)] {
-        // Two scrapes: the second runs the queries again.
-        exporter.scrape();
-        let body = exporter.scrape();
-        assert_value(
-            &body,
-            "sync_logical_slot_server_status_view_readable",
-            &[],
-            0.0,
-        );
-        assert_value(
-            &body,
-            "sync_logical_slot_server_extension_present",
-            &[],
-            extension,
-        );
-        assert_value(&body, "sync_logical_slot_server_in_recovery", &[], 1.0);
-        assert_value(&body, "sync_logical_slot_server_workers", &[], 1.0);
-        assert!(
-            samples(&body, "sync_logical_slot_copy_ready").is_empty()
-                && samples(&body, "sync_logical_slot_copy_state").is_empty(),
-            "exporter {}: per-copy series without access to the view",
-            exporter.name
-        );
+    // Two scrapes: the second runs the queries again.
+    elsewhere.scrape();
+    let body = elsewhere.scrape();
+    for (metric, v) in [
+        ("sync_logical_slot_server_in_recovery", 1.0),
+        ("sync_logical_slot_server_library_loaded", 1.0),
+        ("sync_logical_slot_server_extension_present", 0.0),
+        ("sync_logical_slot_server_status_view_readable", 0.0),
+        ("sync_logical_slot_server_workers", 1.0),
+        ("pg_exporter_user_queries_load_error", 0.0),
+    ] {
+        assert_value(&body, metric, &[], v);
     }
     assert_value(
-        &as_monitor.scrape(),
+        &body,
         "sync_logical_slot_worker_processes",
         &[("activity", "syncing")],
         1.0,
     );
-    assert_no_error_from_our_queries(&standby, standby_log);
-
-    // Granted the view and its function, the same role sees the copies.
-    primary.sql("GRANT SELECT ON sync_logical_slot_status TO mon");
-    primary.sql("GRANT EXECUTE ON FUNCTION sync_logical_slot_status_rows() TO mon");
-    as_monitor.wait_for(
-        &standby,
-        "sync_logical_slot_copy_ready",
-        &copy,
-        |v| v == 1.0,
-        "the granted pg_monitor role to see the copy of mon_slot ready",
+    for metric in PER_COPY {
+        assert!(
+            samples(&body, metric).is_empty(),
+            "{metric} without the view: {}",
+            lines_of(&body, metric)
+        );
+    }
+    let errors = errors_from_our_queries(&standby, standby_log);
+    assert!(
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|e| e.contains("relation \"sync_logical_slot_status\" does not exist")),
+        "in a database without the extension, the per-copy queries must fail on the missing view, and nothing else may fail; the server logged:\n{}",
+        errors.join("\n")
     );
+    println!(
+        "a database without the extension: {} ERRORs from the per-copy queries, e.g.\n{}\nthe exporter logged:\n{}",
+        errors.len(),
+        errors[0],
+        elsewhere
+            .log_tail()
+            .lines()
+            .filter(|l| l.contains("sync_logical_slot"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(elsewhere);
 
     // A consumer held by standby_slot_names while the standby is down.
     primary.sql("ALTER SYSTEM SET sync_logical_slot.standby_slot_names = 'standby1'");
@@ -480,5 +511,55 @@ fn exporter_shows_copies_workers_and_held_consumers() {
         |v| v == 0.0,
         "the walsender of held released once standby1 is back",
     );
-    assert_no_error_from_our_queries(&primary, primary_log);
+    let errors = errors_from_our_queries(&primary, primary_log);
+    assert!(
+        errors.is_empty(),
+        "a monitoring query failed on the primary:\n{}",
+        errors.join("\n")
+    );
+
+    // The primary gone and the standby restarted: the copy is ready from
+    // the record kept with it, and its verdict ages from the last pass that
+    // reached the primary.
+    on_standby.wait_for(
+        &standby,
+        "sync_logical_slot_copy_from_disk",
+        &copy,
+        |v| v == 0.0,
+        "the restarted standby's passes to renew the verdict of mon_slot",
+    );
+    on_standby.wait_for(
+        &standby,
+        "sync_logical_slot_copy_ready",
+        &copy,
+        |v| v == 1.0,
+        "the copy of mon_slot ready again",
+    );
+    drop(on_primary);
+    primary.kill9();
+    standby.restart();
+    on_standby.wait_for(
+        &standby,
+        "sync_logical_slot_copy_from_disk",
+        &copy,
+        |v| v == 1.0,
+        "the copy of mon_slot's verdict read from disk",
+    );
+    let first = on_standby.scrape();
+    assert_value(&first, "sync_logical_slot_copy_ready", &copy, 1.0);
+    let age = value(&first, "sync_logical_slot_copy_verdict_age_seconds", &copy)
+        .expect("verdict_age_seconds of mon_slot");
+    sleep(Duration::from_secs(2));
+    let later = on_standby.scrape();
+    let age_later = value(&later, "sync_logical_slot_copy_verdict_age_seconds", &copy)
+        .expect("verdict_age_seconds of mon_slot");
+    assert!(
+        age_later >= age + 1.5,
+        "a verdict from disk is not renewed while the primary is gone: its age went from {age} to {age_later}"
+    );
+    println!(
+        "standby1's exporter, its primary gone, restarted:\n{}\n{}",
+        lines_of(&later, "sync_logical_slot_copy_from_disk"),
+        lines_of(&later, "sync_logical_slot_copy_verdict_age_seconds")
+    );
 }
