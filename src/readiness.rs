@@ -115,7 +115,6 @@ impl Record {
             && (x == self.local.2 || self.local.2.precedes(x))
             && r.is_valid()
     }
-
 }
 
 fn record_path(name: &str) -> PathBuf {
