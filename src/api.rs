@@ -618,7 +618,7 @@ struct Verdict {
 /// must still exist, persistent and valid.
 fn verdict(slots: Option<&[String]>) -> Verdict {
     let rows = status::read();
-    let from_disk = !rows.is_empty() && rows.iter().all(|r| r.from_disk);
+    let from_disk = status::disk_loaded();
     let unknown = |detail: &str| Verdict {
         ready: false,
         from_disk: false,
@@ -626,8 +626,8 @@ fn verdict(slots: Option<&[String]>) -> Verdict {
         not_ready: slots.map(<[String]>::to_vec).unwrap_or_default(),
         detail: detail.into(),
     };
-    if status::passes() == 0 && !from_disk {
-        return unknown("no verdict yet: the worker has not completed a sync pass since it started, and no copy keeps a ready verdict on disk");
+    if status::passes() == 0 && !from_disk && rows.is_empty() {
+        return unknown("no verdict yet: the worker has not completed a sync pass since it started, and no verdict of a pass before is kept on disk");
     }
     // More slots than the table shows: nothing can be vouched for.
     if !status::complete() {
@@ -701,8 +701,15 @@ fn verdict(slots: Option<&[String]>) -> Verdict {
 }
 
 /// The slot list of the readiness functions: NULL (every selected slot) or
-/// names, none NULL.
+/// names, none NULL, at least one.
 fn slot_list(slots: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    if slots.as_ref().is_some_and(Vec::is_empty) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "slots must name at least one slot",
+            Some("Pass NULL for every slot the filters select."),
+        );
+    }
     slots.map(|v| {
         v.into_iter()
             .map(|s| {
@@ -742,6 +749,8 @@ fn sync_logical_slot_wait_ready(
     require_standby("Readiness is asked of a standby before it is promoted.");
     let deadline = Instant::now() + Duration::from_micros(micros.clamp(0, u64::MAX as i128) as u64);
     loop {
+        // Promoted meanwhile: readiness no longer means anything here.
+        require_standby("Readiness is asked of a standby before it is promoted.");
         if verdict(slots.as_deref()).ready {
             return true;
         }

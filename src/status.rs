@@ -110,6 +110,9 @@ pub struct Control {
     connecting_to_database: bool,
     /// Why the worker cannot run at all (empty: it can), for the status view.
     worker_error: [u8; ERROR_LEN],
+    /// The table holds the verdicts kept on disk (readiness.rs), published
+    /// by this worker before its first pass.
+    disk_loaded: bool,
 }
 
 // SAFETY: plain old data; the latch pointer is into shared memory.
@@ -138,6 +141,7 @@ pub fn init() {
             error: [0; ERROR_LEN],
             connecting_to_database: false,
             worker_error: [0; ERROR_LEN],
+            disk_loaded: false,
         }
     );
 }
@@ -161,13 +165,29 @@ pub fn worker_error() -> Option<String> {
 }
 
 /// The worker announces itself (its latch and pid), or its exit (None).
+/// Either way nothing is known until its next pass or the records on disk:
+/// a worker that is gone renews no verdict.
 pub fn set_worker(latch: Option<(*mut pg_sys::Latch, i32)>) {
-    let mut c = CONTROL.exclusive();
-    c.worker_latch = latch.map_or(0, |(l, _)| l as usize);
-    c.worker_pid = latch.map_or(0, |(_, pid)| pid);
-    if latch.is_some() {
+    {
+        let mut c = CONTROL.exclusive();
+        c.worker_latch = latch.map_or(0, |(l, _)| l as usize);
+        c.worker_pid = latch.map_or(0, |(_, pid)| pid);
         c.passes = 0;
+        c.disk_loaded = false;
     }
+    clear();
+}
+
+/// Before its first pass the worker shows the verdicts kept on disk.
+pub fn publish_from_disk(rows: &[SlotStatus]) {
+    publish(rows);
+    CONTROL.exclusive().disk_loaded = true;
+}
+
+/// Whether the table shows the verdicts read from disk (no pass since).
+pub fn disk_loaded() -> bool {
+    let c = CONTROL.share();
+    c.disk_loaded && c.passes == 0
 }
 
 /// The highest request made so far (the worker reads it before a pass).
@@ -250,6 +270,9 @@ pub struct SlotStatus {
     pub name: String,
     pub database: String,
     pub plugin: String,
+    /// The primary's slot decodes prepared transactions (kept with the
+    /// verdict on disk; not in the shared table).
+    pub two_phase: bool,
     pub state: State,
     pub ready: bool,
     pub remote_restart_lsn: Lsn,
@@ -360,12 +383,8 @@ pub fn withdraw(why: &str) {
         e.verified_at = now;
         put(&mut e.last_error, why);
     }
-}
-
-/// Whether the table shows verdicts read from disk (no pass since the start).
-pub fn from_disk() -> bool {
-    let t = TABLE.share();
-    t.entries[..t.len as usize].iter().any(|e| e.from_disk)
+    drop(t);
+    CONTROL.exclusive().disk_loaded = false;
 }
 
 /// Empties the table (the server is not, or no longer, a standby).
@@ -386,6 +405,7 @@ pub fn read() -> Vec<SlotStatus> {
                 name: get(&e.name),
                 database: get(&e.database),
                 plugin: get(&e.plugin),
+                two_phase: false,
                 state: STATES[(e.state as usize).min(5)],
                 ready: e.ready,
                 remote_restart_lsn: Lsn(e.remote_restart_lsn),

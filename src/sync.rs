@@ -218,6 +218,7 @@ impl Syncer {
                 name: r.name.clone(),
                 database: r.database.clone(),
                 plugin: r.plugin.clone(),
+                two_phase: r.two_phase,
                 state: outcome.state,
                 ready: outcome.state == State::Synced,
                 remote_restart_lsn: r.restart_lsn,
@@ -290,8 +291,10 @@ impl Syncer {
                     .is_some_and(|(_, c, _)| c == r.remote_confirmed_flush_lsn)
             })
             .count() as u32;
-        status::publish(&rows);
+        // Records first: a verdict withdrawn is off the disk before it is
+        // off the view.
         self.verdicts.record_pass(&rows, readiness::now());
+        status::publish(&rows);
         // Copies that reserved WAL (or catalog rows) past where the primary's
         // slot stands: only a running-xacts record decoded there moves it on.
         let waiting: Vec<String> = rows

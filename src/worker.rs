@@ -316,6 +316,8 @@ struct Worker {
     long_poll_said: Option<Result<(), String>>,
     /// The verdicts kept on disk were shown (once, before the first pass).
     disk_verdicts_shown: bool,
+    /// Attempts in a row that failed while the primary answered (see cannot_renew).
+    renew_failures: u32,
 }
 
 impl Worker {
@@ -417,10 +419,8 @@ impl Worker {
         if !std::mem::replace(&mut self.disk_verdicts_shown, true) && status::passes() == 0 {
             // Until a pass reaches the primary, the copies' readiness is what
             // their records on disk say (the primary may be down).
-            if let Ok(rows) = in_transaction(|| Ok(readiness::load(&guc::slot_filter()))) {
-                if !rows.is_empty() {
-                    status::publish(&rows);
-                }
+            if let Ok(Some(rows)) = in_transaction(|| Ok(readiness::load(&guc::slot_filter()))) {
+                status::publish_from_disk(&rows);
             }
         }
 
@@ -463,6 +463,13 @@ impl Worker {
                     // A failure is news, and so is the connection after it.
                     self.quiet_reconnect = false;
                     status::answer(upto, Err(e.to_string()));
+                    match &e {
+                        SyncError::WrongPrimary(_) => self.cannot_renew(&e, true),
+                        SyncError::Connect(why) if refused_by_a_running_server(why) => {
+                            self.cannot_renew(&e, false)
+                        }
+                        _ => {}
+                    }
                     return Some(self.failed(e, &source));
                 }
             }
@@ -493,6 +500,7 @@ impl Worker {
                 signals::take_cancel_raised();
                 self.failures = 0;
                 self.retry_at = None;
+                self.renew_failures = 0;
                 status::answer(upto, Ok((counts.created, counts.advanced, counts.dropped)));
                 report_activity(&format!(
                     "{} slot(s) selected for sync, {} ready; last pass {:.1} ms",
@@ -546,15 +554,28 @@ impl Worker {
                 // them: ready then means "current when the primary went".)
                 let primary = self.primary.as_mut().expect("connected above");
                 if in_transaction(|| primary.query("SELECT 1", 1)).is_ok() {
-                    status::withdraw(&format!(
-                        "not kept current: the sync pass fails while the primary server is up: {e}"
-                    ));
-                    self.syncer.forget_verdicts();
+                    self.cannot_renew(&e, false);
                 }
                 self.disconnect();
                 let source = ConnSource::choose(&guc::primary_conninfo(), &guc::master_fdw());
                 Some(self.failed(e, &source))
             }
+        }
+    }
+
+    /// The primary answers, but the worker cannot renew the copies' verdicts
+    /// (a pass fails, the server refuses the connection, it is not this
+    /// standby's primary). Ready would go stale: withdrawn, records first,
+    /// at once for a wrong primary, else at the second attempt in a row (on
+    /// a fresh connection after the back-off), so that one timeout on a busy
+    /// primary does not block a failover that follows.
+    fn cannot_renew(&mut self, e: &SyncError, at_once: bool) {
+        self.renew_failures += 1;
+        if at_once || self.renew_failures >= 2 {
+            self.syncer.forget_verdicts();
+            status::withdraw(&format!(
+                "not kept current: the primary server is up but the worker cannot sync: {e}"
+            ));
         }
     }
 
@@ -728,11 +749,12 @@ impl Worker {
             Mode::MissingPrerequisites(missing) => {
                 report_activity("waiting: prerequisites missing");
                 let what = missing.join(" and ");
-                // The copies are no longer kept current: not ready.
+                // The copies are no longer kept current: not ready (off the
+                // disk first, then off the view).
+                self.syncer.forget_verdicts();
                 status::withdraw(&format!(
                     "not kept current: {what} on this standby, so the worker stopped syncing"
                 ));
-                self.syncer.forget_verdicts();
                 log(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     &format!("sync_logical_slot cannot sync slots: {what} on this standby"),
@@ -763,6 +785,16 @@ impl Worker {
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_worker(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
     status::set_worker(None);
+}
+
+/// Whether a failed connection was refused by a running server (libpq shows
+/// the server's FATAL: authentication, pg_hba.conf, a role that may not log
+/// in, too many connections), as opposed to no answer at all. A server that
+/// is starting, stopping or in recovery ("the database system is ...", 57P03)
+/// is on its way out or not a primary yet: a switchover in progress, not a
+/// reason to withdraw readiness.
+fn refused_by_a_running_server(message: &str) -> bool {
+    message.contains("FATAL:") && !message.contains("the database system is")
 }
 
 /// What the connection is made from; compared across reloads.

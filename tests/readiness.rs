@@ -9,7 +9,11 @@
 //!   copy without a record is not ready, and a promotion still decodes.
 //! - A verdict withdrawn (the worker stopped syncing) does not come back
 //!   from disk after a restart.
-//! - A pass that fails while the primary answers withdraws the verdicts.
+//! - A running standby keeps its verdicts when its primary stops or
+//!   crashes; a pass that fails, or a connection refused, while the primary
+//!   answers withdraws them (and their records).
+//! - A slot not ready before a restart (its copy was temporary) is not ready
+//!   after it.
 //! - Per slot and by policy: `ready(slots)`, `ready_ignores_idle_slots`.
 //! - pg_monitor reads readiness; only a superuser changes slots.
 
@@ -37,6 +41,10 @@ fn two_ready_copies(dir: &TestDir) -> (Node, Node) {
     (primary, standby)
 }
 
+/// The worker's line when it cannot reach the primary (not the walreceiver's).
+const WORKER_CANNOT_CONNECT: &str =
+    "sync_logical_slot worker LOG:  could not connect to the primary server";
+
 #[test]
 fn a_standby_restarted_with_its_primary_down_is_ready_from_disk() {
     let dir = TestDir::new("readiness_disk");
@@ -50,9 +58,32 @@ fn a_standby_restarted_with_its_primary_down_is_ready_from_disk() {
             .unwrap_or_else(|e| panic!("no verdict record for ready copy {s}: {e}"));
         assert!(text.ends_with("end\n"), "a torn record for {s}: {text}");
     }
-    let before_kill = standby.sql("SELECT clock_timestamp()");
 
-    primary.kill9();
+    // The primary stops (a clean shutdown, as in a switchover), then
+    // crashes: a running standby keeps the verdicts of its last pass.
+    for crash in [false, true] {
+        let offset = standby.log_offset();
+        if crash {
+            primary.kill9();
+        } else {
+            primary.stop();
+        }
+        standby.wait_for_log(WORKER_CANNOT_CONNECT, offset);
+        assert_eq!(
+            standby.sql("SELECT ready || '|' || verdict_source FROM sync_logical_slot_readiness()"),
+            "true|pass",
+            "a primary that went away must not withdraw the verdicts (crash: {crash})"
+        );
+        if !crash {
+            primary.start();
+            standby.poll_query_until(
+                "SELECT verdict_age < '5s' FROM sync_logical_slot_readiness()",
+                "t",
+            );
+        }
+    }
+    let after_kill = standby.sql("SELECT clock_timestamp()");
+
     standby.restart();
     // No pass can reach the primary: the verdicts come from disk.
     standby.poll_query_until(
@@ -73,12 +104,20 @@ fn a_standby_restarted_with_its_primary_down_is_ready_from_disk() {
     );
     assert_eq!(
         standby.sql(&format!(
-            "SELECT verified_at <= '{before_kill}' AND verdict_age > '0'
+            "SELECT verified_at <= '{after_kill}' AND verdict_age > '0'
                FROM sync_logical_slot_readiness()"
         )),
         "t",
         "the verdict from disk must be as old as the last pass before the primary went"
     );
+
+    // The primary back: passes take over from the records.
+    primary.start();
+    standby.poll_query_until(
+        "SELECT ready || '|' || verdict_source FROM sync_logical_slot_readiness()",
+        "true|pass",
+    );
+    primary.kill9();
 
     // A copy whose record is gone is not ready; the others still are.
     std::fs::remove_file(record(&standby, "s2")).expect("remove s2's record");
@@ -132,6 +171,69 @@ fn a_standby_restarted_with_its_primary_down_is_ready_from_disk() {
 }
 
 #[test]
+fn a_copy_not_ready_before_a_restart_is_not_ready_after_it() {
+    let dir = TestDir::new("readiness_temporary");
+    let (primary, standby) = lagging_and_active(&dir);
+    assert_eq!(
+        standby.sql("SELECT not_ready FROM sync_logical_slot_readiness()"),
+        "{lagging}"
+    );
+    primary.kill9();
+    standby.restart();
+    // lagging's copy was temporary: gone with the restart, yet still selected.
+    standby.poll_query_until(
+        "SELECT ready || '|' || verdict_source || '|' || not_ready::text FROM sync_logical_slot_readiness()",
+        "false|disk|{lagging}",
+    );
+    assert_eq!(
+        standby.sql("SELECT last_error FROM sync_logical_slot_status WHERE slot_name = 'lagging'"),
+        "no copy of this slot survived the restart (it was not persistent yet)"
+    );
+    assert_eq!(
+        standby.sql("SELECT sync_logical_slot_ready(ARRAY['active'])"),
+        "t"
+    );
+}
+
+#[test]
+fn a_primary_refusing_the_worker_withdraws_the_verdicts() {
+    let dir = TestDir::new("readiness_refused");
+    let (primary, standby) = primary_and_standby(&dir);
+    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
+    primary.sql(
+        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
+                                   sync_logical_slot_read_slot_state(name),
+                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
+            TO slot_sync",
+    );
+    standby.wait_for_catchup(&primary);
+    standby.sql(&format!(
+        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
+        primary.port
+    ));
+    standby.reload();
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    wait_for_copy(&standby, &primary, "s1");
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+
+    // The role may no longer log in; its open connection is ended.
+    primary.sql("ALTER ROLE slot_sync NOLOGIN");
+    primary
+        .sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'slot_sync'");
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "f");
+    let why = standby.sql("SELECT last_error FROM sync_logical_slot_status WHERE slot_name = 's1'");
+    assert!(
+        why.starts_with("not kept current: the primary server is up but the worker cannot sync")
+            && why.contains("not permitted to log in"),
+        "{why}"
+    );
+    assert!(!record(&standby, "s1").exists());
+
+    primary.sql("ALTER ROLE slot_sync LOGIN");
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+}
+
+#[test]
 fn a_withdrawn_verdict_does_not_come_back_from_disk() {
     let dir = TestDir::new("readiness_withdrawn");
     let (primary, standby) = two_ready_copies(&dir);
@@ -148,14 +250,16 @@ fn a_withdrawn_verdict_does_not_come_back_from_disk() {
     // Put right while the primary is down: nothing was verified since.
     standby.sql("ALTER SYSTEM SET hot_standby_feedback = on");
     primary.kill9();
+    let offset = standby.log_offset();
     standby.restart();
-    standby.poll_query_until(
-        "SELECT ready || '|' || verdict_source FROM sync_logical_slot_readiness()",
-        "false|disk",
-    );
+    // The worker read the disk before it tried the primary.
+    standby.wait_for_log(WORKER_CANNOT_CONNECT, offset);
     assert_eq!(
-        standby.sql("SELECT string_agg(last_error, ',') FROM sync_logical_slot_status WHERE slot_name = 's1'"),
-        "no ready verdict is kept on disk for this copy"
+        standby.sql(
+            "SELECT ready || '|' || coalesce(verdict_source, 'none') || '|' || detail
+               FROM sync_logical_slot_readiness()"
+        ),
+        "false|none|no verdict yet: the worker has not completed a sync pass since it started, and no verdict of a pass before is kept on disk"
     );
 }
 
@@ -187,7 +291,7 @@ fn a_pass_failing_while_the_primary_is_up_withdraws_the_verdicts() {
     standby.poll_query_until("SELECT sync_logical_slot_ready()", "f");
     let why = standby.sql("SELECT last_error FROM sync_logical_slot_status WHERE slot_name = 's1'");
     assert!(
-        why.starts_with("not kept current: the sync pass fails while the primary server is up"),
+        why.starts_with("not kept current: the primary server is up but the worker cannot sync"),
         "{why}"
     );
     assert!(!record(&standby, "s1").exists());
@@ -234,6 +338,10 @@ fn an_idle_slot_is_left_out_only_by_policy_and_never_when_named() {
         .try_sql("SELECT sync_logical_slot_ready(ARRAY[NULL])")
         .unwrap_err()
         .contains("slots must not contain NULL"));
+    assert!(standby
+        .try_sql("SELECT sync_logical_slot_ready(ARRAY[]::text[])")
+        .unwrap_err()
+        .contains("slots must name at least one slot"));
 }
 
 #[test]
