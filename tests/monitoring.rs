@@ -273,6 +273,27 @@ const PER_COPY: [&str; 6] = [
     "sync_logical_slot_copy_from_disk",
 ];
 
+/// The server-level metrics of a standby whose worker syncs: `extension`
+/// 1 where the extension (and so the view) is in the exporter's database.
+fn assert_standby_server(body: &str, extension: f64) {
+    for (metric, v) in [
+        ("sync_logical_slot_server_in_recovery", 1.0),
+        ("sync_logical_slot_server_library_loaded", 1.0),
+        ("sync_logical_slot_server_extension_present", extension),
+        ("sync_logical_slot_server_status_view_readable", extension),
+        ("sync_logical_slot_server_workers", 1.0),
+        ("pg_exporter_user_queries_load_error", 0.0),
+    ] {
+        assert_value(body, metric, &[], v);
+    }
+    assert_value(
+        body,
+        "sync_logical_slot_worker_processes",
+        &[("activity", "syncing")],
+        1.0,
+    );
+}
+
 #[test]
 fn exporter_shows_copies_workers_and_held_consumers() {
     let dir = TestDir::new("monitoring");
@@ -333,22 +354,7 @@ fn exporter_shows_copies_workers_and_held_consumers() {
             "{metric} of a synced copy is {age}"
         );
     }
-    for (metric, v) in [
-        ("sync_logical_slot_server_in_recovery", 1.0),
-        ("sync_logical_slot_server_library_loaded", 1.0),
-        ("sync_logical_slot_server_extension_present", 1.0),
-        ("sync_logical_slot_server_status_view_readable", 1.0),
-        ("sync_logical_slot_server_workers", 1.0),
-        ("pg_exporter_user_queries_load_error", 0.0),
-    ] {
-        assert_value(&body, metric, &[], v);
-    }
-    assert_value(
-        &body,
-        "sync_logical_slot_worker_processes",
-        &[("activity", "syncing")],
-        1.0,
-    );
+    assert_standby_server(&body, 1.0);
     assert!(samples(&body, "sync_logical_slot_walsender_held").is_empty());
     println!(
         "standby1's exporter (role mon, pg_monitor only):\n{}\n{}\n{}",
@@ -398,22 +404,7 @@ fn exporter_shows_copies_workers_and_held_consumers() {
     // Two scrapes: the second runs the queries again.
     elsewhere.scrape();
     let body = elsewhere.scrape();
-    for (metric, v) in [
-        ("sync_logical_slot_server_in_recovery", 1.0),
-        ("sync_logical_slot_server_library_loaded", 1.0),
-        ("sync_logical_slot_server_extension_present", 0.0),
-        ("sync_logical_slot_server_status_view_readable", 0.0),
-        ("sync_logical_slot_server_workers", 1.0),
-        ("pg_exporter_user_queries_load_error", 0.0),
-    ] {
-        assert_value(&body, metric, &[], v);
-    }
-    assert_value(
-        &body,
-        "sync_logical_slot_worker_processes",
-        &[("activity", "syncing")],
-        1.0,
-    );
+    assert_standby_server(&body, 0.0);
     for metric in PER_COPY {
         assert!(
             samples(&body, metric).is_empty(),

@@ -29,6 +29,18 @@ fn record(node: &Node, slot: &str) -> PathBuf {
         .join("sync_logical_slot.verdict")
 }
 
+/// A ready copy of s1, synced by the least-privilege role `slot_sync`.
+fn ready_copy_synced_by_slot_sync(dir: &TestDir) -> (Node, Node) {
+    let (primary, standby) = primary_and_standby(dir);
+    create_worker_role(&primary);
+    standby.wait_for_catchup(&primary);
+    connect_worker_as_slot_sync(&standby, &primary);
+    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
+    wait_for_copy(&standby, &primary, "s1");
+    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+    (primary, standby)
+}
+
 fn two_ready_copies(dir: &TestDir) -> (Node, Node) {
     let (primary, standby) = primary_and_standby(dir);
     primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
@@ -198,23 +210,7 @@ fn a_copy_not_ready_before_a_restart_is_not_ready_after_it() {
 #[test]
 fn a_primary_refusing_the_worker_withdraws_the_verdicts() {
     let dir = TestDir::new("readiness_refused");
-    let (primary, standby) = primary_and_standby(&dir);
-    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
-    primary.sql(
-        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
-                                   sync_logical_slot_read_slot_state(name),
-                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
-            TO slot_sync",
-    );
-    standby.wait_for_catchup(&primary);
-    standby.sql(&format!(
-        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
-        primary.port
-    ));
-    standby.reload();
-    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
-    wait_for_copy(&standby, &primary, "s1");
-    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+    let (primary, standby) = ready_copy_synced_by_slot_sync(&dir);
 
     // The role may no longer log in; its open connection is ended.
     primary.sql("ALTER ROLE slot_sync NOLOGIN");
@@ -266,23 +262,7 @@ fn a_withdrawn_verdict_does_not_come_back_from_disk() {
 #[test]
 fn a_pass_failing_while_the_primary_is_up_withdraws_the_verdicts() {
     let dir = TestDir::new("readiness_pass_fails");
-    let (primary, standby) = primary_and_standby(&dir);
-    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
-    primary.sql(
-        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
-                                   sync_logical_slot_read_slot_state(name),
-                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
-            TO slot_sync",
-    );
-    standby.wait_for_catchup(&primary);
-    standby.sql(&format!(
-        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
-        primary.port
-    ));
-    standby.reload();
-    primary.sql("SELECT pg_create_logical_replication_slot('s1', 'test_decoding')");
-    wait_for_copy(&standby, &primary, "s1");
-    standby.poll_query_until("SELECT sync_logical_slot_ready()", "t");
+    let (primary, standby) = ready_copy_synced_by_slot_sync(&dir);
 
     // The worker's role can no longer read the primary's slots; the primary
     // answers everything else.

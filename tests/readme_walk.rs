@@ -46,8 +46,6 @@ mod common;
 use common::*;
 
 use std::fs;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Instant;
 
 /// The README's example password (what a DBA types at pg_basebackup's prompt).
@@ -271,20 +269,7 @@ impl Walk<'_> {
             "sql" => {
                 self.ensure_started(&block.node);
                 let node = self.node(&block.node);
-                let mut child = psql(node.port, "postgres")
-                    .args(["-A", "-t", "-f", "-"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn psql");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(text.as_bytes())
-                    .expect("write to psql");
-                let out = child.wait_with_output().expect("run psql");
+                let out = psql_stdin(node, &[], &text);
                 assert!(
                     out.status.success(),
                     "{here}\nfailed: {}\n{}",

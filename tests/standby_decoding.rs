@@ -27,7 +27,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -121,20 +120,7 @@ fn create_on_standby(primary: &Node, standby: &Node, name: &str) {
 /// Runs a psql script (SQL and backslash commands) in database postgres on
 /// `node` with verbose errors (SQLSTATE shown): Ok(stdout) or Err(stderr).
 fn psql_script(node: &Node, script: &str) -> Result<String, String> {
-    let mut child = psql(node.port, "postgres")
-        .args(["-v", "VERBOSITY=verbose", "-A", "-t", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn psql");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .expect("write to psql");
-    let out = child.wait_with_output().expect("psql");
+    let out = psql_stdin(node, &["-v", "VERBOSITY=verbose"], script);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     } else {
@@ -647,13 +633,7 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
     primary.sql("CREATE TABLE hold (x int)");
     // A least-privilege role for the worker, for later (README, set-up step 2).
-    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
-    primary.sql(
-        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
-                                   sync_logical_slot_read_slot_state(name),
-                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
-            TO slot_sync",
-    );
+    create_worker_role(&primary);
     let standby = dir.standby("standby1", &primary);
     standby.start();
     standby.sql("ALTER SYSTEM SET sync_logical_slot.slot_names = 'none_yet'");
@@ -702,11 +682,7 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     }
 
     // A role without EXECUTE on pg_log_standby_snapshot(): warned, with a hint.
-    standby.sql(&format!(
-        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
-        primary.port
-    ));
-    standby.reload();
+    connect_worker_as_slot_sync(&standby, &primary);
     primary.poll_query_until(
         "SELECT string_agg(DISTINCT usename::text, ',') FROM pg_stat_activity WHERE application_name = 'sync_logical_slot'",
         "slot_sync",

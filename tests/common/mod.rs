@@ -911,3 +911,45 @@ pub fn pg_major() -> u32 {
         .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .unwrap_or_else(|| panic!("cannot tell the major version from {text:?}"))
 }
+
+/// The workers' least-privilege role on `primary` (README, set-up step 2):
+/// `slot_sync`, REPLICATION and EXECUTE on the functions the worker calls.
+pub fn create_worker_role(primary: &Node) {
+    primary.sql("CREATE ROLE slot_sync LOGIN REPLICATION");
+    primary.sql(
+        "GRANT EXECUTE ON FUNCTION sync_logical_slot_read_snapshot(pg_lsn),
+                                   sync_logical_slot_read_slot_state(name),
+                                   sync_logical_slot_wait_for_change(text, text, bigint, integer)
+            TO slot_sync",
+    );
+}
+
+/// Points `standby`'s worker at `primary` as `slot_sync` (reloaded).
+pub fn connect_worker_as_slot_sync(standby: &Node, primary: &Node) {
+    standby.sql(&format!(
+        "ALTER SYSTEM SET sync_logical_slot.primary_conninfo = 'host=127.0.0.1 port={} user=slot_sync dbname=postgres'",
+        primary.port
+    ));
+    standby.reload();
+}
+
+/// Runs `script` through psql's standard input (SQL and backslash
+/// commands) in database postgres on `node`, with `args` added.
+pub fn psql_stdin(node: &Node, args: &[&str], script: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = psql(node.port, "postgres")
+        .args(args)
+        .args(["-A", "-t", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .expect("write to psql");
+    child.wait_with_output().expect("run psql")
+}
