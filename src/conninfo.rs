@@ -209,7 +209,7 @@ impl ConnInfo {
     }
 }
 
-/// Where the worker's connection to the primary comes from, in DESIGN.md's
+/// Where the worker's connection to the primary comes from, in docs/design.md's
 /// order of precedence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnSource {

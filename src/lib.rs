@@ -1,7 +1,7 @@
 //! sync_logical_slot: keeps the primary's logical replication slots
 //! failover-ready on its physical standbys (PostgreSQL 15 and 16).
 //!
-//! This file is the table of contents; see DESIGN.md for the contract.
+//! This file is the table of contents; see docs/design.md for the contract.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use pgrx::pg_sys;

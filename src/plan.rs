@@ -3,7 +3,7 @@
 //! `plan(remote, local, standby)` looks at the primary's slot, the standby's
 //! copy (if any) and what the standby can honour, and returns one [`Action`].
 //! It touches no `pg_sys`, so every branch is a plain `#[test]`. The rules are
-//! DESIGN.md's safety invariants 1-3 and 5:
+//! docs/design.md's safety invariants 1-3 and 5:
 //! - a copy never moves backwards; its `confirmed_flush_lsn` never passes the
 //!   standby's flushed WAL;
 //! - a new copy starts as a temporary slot reserved at the standby's own
@@ -114,7 +114,7 @@ pub enum Action {
     Drop { state: State, reason: String },
 }
 
-/// Whether a copy at `target` is ready for a failover (DESIGN.md invariants 1-3).
+/// Whether a copy at `target` is ready for a failover (docs/design.md invariants 1-3).
 pub fn ready_state(
     persistent: bool,
     target: Target,

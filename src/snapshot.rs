@@ -1,5 +1,5 @@
 //! The primary's serialized decoding snapshots, kept on the standby
-//! (DESIGN.md invariant 4).
+//! (docs/design.md invariant 4).
 //!
 //! A logical slot's `restart_lsn` is where decoding resumes, and on the
 //! primary it normally points at a `pg_logical/snapshots/<lsn>.snap` file that

@@ -6,7 +6,7 @@
 //! confirmed, exactly once. That needs four things on the standby: the WAL
 //! from the copy's `restart_lsn`; the catalog rows as of its `catalog_xmin`;
 //! a decoding snapshot valid at `restart_lsn`; and a `confirmed_flush_lsn` no
-//! further than the WAL the standby has. The rules (DESIGN.md invariants 1-6):
+//! further than the WAL the standby has. The rules (docs/design.md invariants 1-6):
 //!
 //! - **Created temporary.** A new copy is a temporary slot reserved at the
 //!   standby's own horizons (its last restartpoint for WAL, its oldest safe

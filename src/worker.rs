@@ -807,7 +807,7 @@ fn connection_settings() -> Vec<String> {
     ]
 }
 
-/// Which of the standby prerequisites (DESIGN.md "Topology") are missing.
+/// Which of the standby prerequisites (docs/design.md, "The two halves") are missing.
 fn missing_prerequisites() -> Vec<&'static str> {
     let mut missing = Vec::new();
     if guc::server_setting(c"hot_standby_feedback") != "on" {

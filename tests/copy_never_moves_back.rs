@@ -10,7 +10,7 @@
 //! ```
 //! The worker's pass reads the copy, plans a target, then acquires the slot
 //! and writes. Meanwhile a session's `sync_logical_slot_advance()` may move the
-//! copy's `confirmed_flush_lsn` further; the pass's write must keep that (DESIGN.md
+//! copy's `confirmed_flush_lsn` further; the pass's write must keep that (docs/design.md
 //! invariant 1). For 20 s the three loops run at once, each a long-lived
 //! server-side procedure: no sampled position of the copy (pg_replication_slots'
 //! `restart_lsn`, `confirmed_flush_lsn`, `catalog_xmin`, and the status view's

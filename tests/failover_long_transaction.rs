@@ -7,7 +7,7 @@
 //!    writer: one INSERT a transaction, all along
 //!    CHECKPOINT: running-xacts records that list L; restart_lsn moves past L's start
 //! ```
-//! DESIGN.md invariant 4. Decoding from a copy's restart_lsn without the
+//! docs/design.md invariant 4. Decoding from a copy's restart_lsn without the
 //! primary's serialized snapshot for it would wait for L to end before it is
 //! consistent, and skip every commit until then, though the consumer has not
 //! seen them. With the snapshot file copied, the consumer continues from its

@@ -6,7 +6,7 @@
 //!    second (it falls behind), then kill -9 of the primary, standby1 started
 //!    slot sub ◀── subscriber (CREATE SUBSCRIPTION), repointed to standby1 once promoted
 //! ```
-//! DESIGN.md invariant 7: the subscriber never received a row the standby
+//! docs/design.md invariant 7: the subscriber never received a row the standby
 //! lacked, so after the failover it has no row the new primary does not have,
 //! and (its slot copied) none is missing or applied twice.
 

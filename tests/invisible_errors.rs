@@ -15,7 +15,7 @@
 //!    pg_logical_slot_get_changes / peek_changes (the hook's decoding path)
 //!    a database walsender (replication=database): replication commands and SQL
 //! ```
-//! DESIGN.md invariant 9. Invisible to everyone else: a session that does not
+//! docs/design.md invariant 9. Invisible to everyone else: a session that does not
 //! use the library sees exactly the same error fields. Every field the client
 //! receives (SQLSTATE, message, DETAIL, HINT, CONTEXT, QUERY, SCHEMA/TABLE/
 //! COLUMN/DATATYPE/CONSTRAINT NAME, LOCATION, position and caret) and every

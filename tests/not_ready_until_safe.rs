@@ -7,7 +7,7 @@
 //! ```
 //! The standby reserves catalog rows from its oldest safe decoding xid; the
 //! primary's `lagging` slot is older than that, so its copy must stay a
-//! temporary, not-ready slot (DESIGN.md invariant 2) while `active` keeps
+//! temporary, not-ready slot (docs/design.md invariant 2) while `active` keeps
 //! syncing (invariant 5). Once `lagging` is consumed past the reservation,
 //! its copy becomes persistent and ready.
 

@@ -5,7 +5,7 @@
 //!    active:  consumed            copy: persistent, ready      → kept, usable at once
 //!    lagging: behind the standby  copy: temporary, waiting     → dropped at promotion
 //! ```
-//! DESIGN.md invariant 6. A restart of the standby before the promotion keeps
+//! docs/design.md invariant 6. A restart of the standby before the promotion keeps
 //! the persistent copy (temporary ones are re-created by the worker).
 
 mod common;

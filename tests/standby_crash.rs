@@ -4,7 +4,7 @@
 //!  primary ──streaming──▶ standby1   (killed with -9 and restarted, five times)
 //!    slots a, b: consumed under a steady write load, CHECKPOINTs between
 //! ```
-//! DESIGN.md invariants 1 and 6: after each crash restart, every persistent
+//! docs/design.md invariants 1 and 6: after each crash restart, every persistent
 //! copy is still there, its positions are not behind what the standby showed
 //! before the crash, its confirmed_flush_lsn is within the WAL the standby
 //! has, the WAL from its restart_lsn is on disk, and syncing goes on.

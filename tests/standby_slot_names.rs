@@ -6,7 +6,7 @@
 //!    slot sql   ◀── pg_logical_slot_get_changes()
 //!    slot sub   ◀── subscriber (CREATE SUBSCRIPTION)
 //! ```
-//! DESIGN.md invariant 7: with the standby down, no consumer receives a new
+//! docs/design.md invariant 7: with the standby down, no consumer receives a new
 //! transaction; once it is back, all do. A waiting walsender whose client is
 //! killed frees the slot for the next client at once; removing the standby
 //! from the setting and reloading releases the waiters; a named slot that

@@ -14,12 +14,12 @@
 //!    5. CHECKPOINT
 //!  then: standby1 down, a walsender held, pg_ctl stop -m fast of the primary
 //! ```
-//! DESIGN.md invariant 9: a session that does not use the library sees no
+//! docs/design.md invariant 9: a session that does not use the library sees no
 //! signal, barrier or reload that ends or delays it; a logical walsender held
 //! for the standbys is such a session as far as other backends' signals go.
 //! After each step the same walsender pids stream on, no consumer reconnected,
 //! the primary logged no "walsender stops while it waits", and in the end each
-//! consumer has every row exactly once. DESIGN.md invariant 7: while standby1
+//! consumer has every row exactly once. docs/design.md invariant 7: while standby1
 //! is down no consumer gets a row it lacks, whatever signal arrives; and a
 //! real shutdown still ends a held walsender at once, without sending the row
 //! it holds.

@@ -11,7 +11,7 @@
  * where the library has work to do: a logical walsender's XLogData message,
  * or a statement that calls a SQL decoding function.
  *
- * What the hooks do (docs/design.md, "The primary-side wait"):
+ * What the hooks do (docs/design.md, "The two halves" and invariant 7):
  * - ClientAuthentication_hook: in a database walsender, wraps PqCommMethods
  *   so that each XLogData message of a logical slot is held until the
  *   standbys named in sync_logical_slot.standby_slot_names have flushed the
