@@ -36,6 +36,9 @@ APT_PACKAGES="libclang-dev clang pkg-config libpq-dev libpq5 libkrb5-dev sudo"
 # machine with systemd, installing them also enables their services
 # (prometheus on :9090, the exporter on :9187); the tests use neither.
 TEST_APT_PACKAGES="prometheus-postgres-exporter prometheus"
+# tests/torture.rs has a wal2json consumer; Debian packages it for 15 (on 16
+# the test leaves that consumer out and says so).
+[ "$PG_MAJOR" = 16 ] || TEST_APT_PACKAGES="$TEST_APT_PACKAGES postgresql-$PG_MAJOR-wal2json"
 
 step() { printf '\n==> %s\n' "$*"; }
 
