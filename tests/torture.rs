@@ -33,6 +33,17 @@
 //! printed in it). `scripts/torture` sets them. A failing scenario keeps its
 //! directory and prints `scripts/torture --seed S --only K`.
 //!
+//! Sabotage, to show that the checks catch what they claim to (never on by
+//! default): `TORTURE_SABOTAGE=no_wait` leaves the primary's
+//! `standby_slot_names` empty, so consumers may read what no standby has
+//! (expect `phantom`/`lost`/`overpromised` when the primary dies with
+//! WAL the standbys lack); `TORTURE_SABOTAGE=skip` resumes every consumer
+//! after a failover from the promoted server's end of WAL instead of its own
+//! position (expect `lost`); `TORTURE_SABOTAGE=repeat` makes every consumer
+//! apply its last batch (segment) again after a failover, as an
+//! at-least-once consumer would (expect `duplicated`). Every scenario run with
+//! one fails, and the summary line shows the counts.
+//!
 //! A consumer's own position: pg_recvlogical runs in segments, each from the
 //! position to an end position taken between records (`--endpos`), with no
 //! status messages of its own (`-s 0`, `-F` long): it confirms only when it
@@ -255,6 +266,11 @@ impl Outcome {
 
 // ---------------------------------------------------------------- helpers
 
+/// `TORTURE_SABOTAGE` (see the file comment): `no_wait`, `skip`, `repeat` or nothing.
+fn sabotage(what: &str) -> bool {
+    std::env::var("TORTURE_SABOTAGE").is_ok_and(|v| v.trim() == what)
+}
+
 fn lsn(text: &str) -> u64 {
     let (hi, lo) = text
         .trim()
@@ -445,6 +461,8 @@ struct Received {
     ids: Vec<i64>,
     segments: u64,
     dropped_segments: u64,
+    /// The rows of the last segment kept that had any.
+    last_kept: Vec<i64>,
 }
 
 struct Control {
@@ -506,6 +524,7 @@ impl Consumer {
             ids: Vec::new(),
             segments: 0,
             dropped_segments: 0,
+            last_kept: Vec::new(),
         }));
         let (c, r, d) = (control.clone(), received.clone(), dir.to_path_buf());
         let thread = std::thread::spawn(move || consume(&d, slot, plugin, &c, &r));
@@ -637,6 +656,9 @@ fn consume(dir: &Path, slot: &str, plugin: Plugin, control: &Control, received: 
                 if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&kept) {
                     use std::io::Write;
                     let _ = f.write_all(text.as_bytes());
+                }
+                if !ids.is_empty() {
+                    r.last_kept = ids.clone();
                 }
                 r.ids.extend(ids);
                 r.position = r.position.max(c);
@@ -782,11 +804,16 @@ fn run_scenario(seed: u64, k: u64, out: &mut Outcome) {
 
     // Topology: a primary holding its consumers for both standbys.
     let primary = dir.primary("primary");
-    primary.append_conf(
-        "sync_logical_slot.standby_slot_names = 'standby1, standby2'
+    let held_for = if sabotage("no_wait") {
+        ""
+    } else {
+        "standby1, standby2"
+    };
+    primary.append_conf(&format!(
+        "sync_logical_slot.standby_slot_names = '{held_for}'
 logical_decoding_work_mem = 64kB
-max_prepared_transactions = 10",
-    );
+max_prepared_transactions = 10"
+    ));
     if has_output_plugin_libraries() {
         // Minor releases since August 2026 load only the output plugins listed.
         primary.append_conf("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'");
@@ -952,46 +979,14 @@ max_prepared_transactions = 10",
         }
     }
 
-    // Failover to standby1: nobody reads or writes until the copies are checked.
-    load.control.pause();
-    for c in &consumers {
-        c.control.pause();
-    }
-    let ready = standby1
-        .try_sql("SELECT sync_logical_slot_wait_ready('10s')")
-        .unwrap_or_else(|e| e);
-    let source = standby1
-        .try_sql("SELECT verdict_source FROM sync_logical_slot_readiness()")
-        .unwrap_or_default();
-    out.notes
-        .push(format!("standby1 ready at failover: {ready} ({source})"));
-    standby1.promote();
-    if let Err(e) = poll(&standby1, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
-        panic!("standby1 did not leave recovery: {e}");
-    }
-    if ready == "t" {
-        for c in &consumers {
-            check_promoted_copy(&standby1, c, out);
-        }
-    } else {
-        out.problem(format!(
-            "standby1 not ready at failover ({ready}): its copies were not checked"
-        ));
-    }
-    subscriber.sql(&format!(
-        "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-        standby1.conninfo("postgres")
-    ));
-    for c in &consumers {
-        c.control.resume_on(standby1.port);
-    }
-    load.control.resume_on(standby1.port);
+    let survivor = &standby1;
+    failover(survivor, &load, &consumers, &subscriber, out);
     sleep(Duration::from_millis(plan.after_failover_ms));
     load.stop();
 
     // The end: a marker row; every consumer must get to it.
-    standby1.sql("INSERT INTO t VALUES (2000000000, 'end')");
-    let end = lsn(&standby1.sql("SELECT pg_current_wal_insert_lsn()"));
+    survivor.sql("INSERT INTO t VALUES (2000000000, 'end')");
+    let end = lsn(&survivor.sql("SELECT pg_current_wal_insert_lsn()"));
     for c in &consumers {
         let deadline = Instant::now() + STUCK_BOUND;
         while c.position() < end && Instant::now() < deadline {
@@ -1021,7 +1016,7 @@ max_prepared_transactions = 10",
     }
 
     // Exactly once, per consumer, against the surviving timeline.
-    let expected: BTreeSet<i64> = table_ids(&standby1, "postgres").into_iter().collect();
+    let expected: BTreeSet<i64> = table_ids(survivor, "postgres").into_iter().collect();
     let mut checks: Vec<(String, Vec<i64>)> = consumers
         .iter()
         .map(|c| {
@@ -1085,6 +1080,61 @@ max_prepared_transactions = 10",
         // Keep the directory (TestDir keeps it when the thread panics).
         panic!("scenario {k} failed");
     }
+}
+
+/// Fails over (or switches over) to `to`, whose upstream is gone: nobody
+/// reads or writes until its copies are checked, then everyone (load,
+/// consumers, the subscription) goes on there.
+fn failover(to: &Node, load: &Load, consumers: &[Consumer], subscriber: &Node, out: &mut Outcome) {
+    load.control.pause();
+    for c in consumers {
+        c.control.pause();
+    }
+    let ready = to
+        .try_sql("SELECT sync_logical_slot_wait_ready('10s')")
+        .unwrap_or_else(|e| e);
+    let source = to
+        .try_sql("SELECT verdict_source FROM sync_logical_slot_readiness()")
+        .unwrap_or_default();
+    out.notes
+        .push(format!("{} ready at failover: {ready} ({source})", to.name));
+    to.promote();
+    if let Err(e) = poll(to, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
+        panic!("{} did not leave recovery: {e}", to.name);
+    }
+    if ready == "t" {
+        for c in consumers {
+            check_promoted_copy(to, c, out);
+        }
+    } else {
+        out.problem(format!(
+            "{} not ready at failover ({ready}): its copies were not checked",
+            to.name
+        ));
+    }
+    subscriber.sql(&format!(
+        "ALTER SUBSCRIPTION sub CONNECTION '{}'",
+        to.conninfo("postgres")
+    ));
+    if sabotage("skip") {
+        // Sabotage: the consumers forget their position and start from now.
+        let now = lsn(&to.sql("SELECT pg_current_wal_insert_lsn()"));
+        for c in consumers {
+            c.received.lock().unwrap().position = now;
+        }
+    }
+    if sabotage("repeat") {
+        // Sabotage: the consumers apply their last batch again.
+        for c in consumers {
+            let mut r = c.received.lock().unwrap();
+            let again = r.last_kept.clone();
+            r.ids.extend(again);
+        }
+    }
+    for c in consumers {
+        c.control.resume_on(to.port);
+    }
+    load.control.resume_on(to.port);
 }
 
 /// Whether wal2json is installed (Debian: postgresql-NN-wal2json).
