@@ -1,9 +1,11 @@
 //! # Torture: randomized failover scenarios, reproducible from a seed (issue 14)
 //!
 //! ```text
-//!  primary ──streaming, slot standby1──▶ standby1   (promoted at the end of every scenario)
-//!     │    ──streaming, slot standby2──▶ standby2
+//!  primary ◀──proxy 1── standby1   (slot standby1; promoted at the end of every scenario)
+//!     │    ◀──proxy 2── standby2   (slot standby2)
 //!     │  standby_slot_names = 'standby1, standby2': consumers wait for both
+//!     │  each standby's primary_conninfo names its proxy (a thread of the
+//!     │  test): its walreceiver and its sync worker both go through it
 //!     ├── slot recv (test_decoding) ◀── pg_recvlogical, its own position (--startpos)
 //!     ├── slot w2j  (wal2json v2)   ◀── pg_recvlogical, its own position (--startpos)
 //!     └── slot sub  (pgoutput)      ◀── subscriber (a separate cluster, CREATE SUBSCRIPTION)
@@ -13,7 +15,18 @@
 //! ```
 //! Each scenario picks one fault and its moments from the seed, injects it
 //! under load, then fails over to standby1 (the fault itself, or a kill -9 of
-//! the primary after it), and checks:
+//! the primary after it), and checks what follows. The faults: kill -9 of
+//! the primary, of a standby, of a standby's worker; SIGSTOP of the
+//! primary; a standby restarted while the primary is down; the proxy
+//! cutting a standby's link (connections closed and refused), stalling it
+//! (nothing passes one way or both, connections open) or slowing it;
+//! a switchover to standby1 and back (clean shutdown, promotion, the old
+//! primary follows through a physical slot made on standby1 beforehand);
+//! two successive failovers (standby2 cut first so that it is behind
+//! standby1, the primary killed, standby1 promoted holding its consumers
+//! for standby2, standby2 re-pointed to it and restarted, then standby1
+//! killed and standby2 promoted: the checks then run on standby2). After the
+//! faults the primary survives, the final kill -9 comes later. The checks:
 //! - every consumer received every row of the surviving timeline exactly once
 //!   after its own position: `lost`, `duplicated`, `phantom` (received, not
 //!   on the survivor);
@@ -35,9 +48,9 @@
 //!
 //! Sabotage, to show that the checks catch what they claim to (never on by
 //! default): `TORTURE_SABOTAGE=no_wait` leaves the primary's
-//! `standby_slot_names` empty, so consumers may read what no standby has
-//! (expect `phantom`/`lost`/`overpromised` when the primary dies with
-//! WAL the standbys lack); `TORTURE_SABOTAGE=skip` resumes every consumer
+//! `standby_slot_names` empty and slows standby1's link (32 kB/s) once the
+//! load starts, so consumers read what standby1 does not have yet (expect
+//! `phantom`, `overpromised` or standby1 not ready at the failover); `TORTURE_SABOTAGE=skip` resumes every consumer
 //! after a failover from the promoted server's end of WAL instead of its own
 //! position (expect `lost`); `TORTURE_SABOTAGE=repeat` makes every consumer
 //! apply its last batch (segment) again after a failover, as an
@@ -57,9 +70,10 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
@@ -108,14 +122,33 @@ enum Fault {
     PrimarySigstop,
     /// kill -9 of the primary, standby1 restarted while it is down, then promoted.
     StandbyRestartWhilePrimaryDown,
+    /// The proxy between a standby and the primary closes every connection
+    /// and refuses new ones for a while (walreceiver and worker both cut).
+    ProxyCut,
+    /// The proxy passes nothing one way (or either way) for a while, the
+    /// connections left open.
+    ProxyStall,
+    /// The proxy passes everything, slowly, for a while.
+    ProxySlow,
+    /// Clean shutdown of the primary, standby1 promoted, the old primary
+    /// follows it; then the same back.
+    SwitchoverAndBack,
+    /// kill -9 of the primary, standby1 promoted, standby2 re-pointed to
+    /// follow it; then kill -9 of standby1, standby2 promoted.
+    TwoFailovers,
 }
 
-const FAULTS: [Fault; 5] = [
+const FAULTS: [Fault; 10] = [
     Fault::PrimaryKill9,
     Fault::WorkerKill9,
     Fault::StandbyKill9Restart,
     Fault::PrimarySigstop,
     Fault::StandbyRestartWhilePrimaryDown,
+    Fault::ProxyCut,
+    Fault::ProxyStall,
+    Fault::ProxySlow,
+    Fault::SwitchoverAndBack,
+    Fault::TwoFailovers,
 ];
 
 impl Fault {
@@ -127,6 +160,13 @@ impl Fault {
             Fault::PrimarySigstop => "SIGSTOP the primary",
             Fault::StandbyRestartWhilePrimaryDown => {
                 "kill -9 primary, restart standby1 while it is down, promote it"
+            }
+            Fault::ProxyCut => "cut a standby's link to the primary (both ways), restore it",
+            Fault::ProxyStall => "stall a standby's link to the primary, restore it",
+            Fault::ProxySlow => "slow a standby's link to the primary, restore it",
+            Fault::SwitchoverAndBack => "switchover to standby1 and back",
+            Fault::TwoFailovers => {
+                "kill -9 primary, promote standby1, standby2 follows it; kill -9 standby1, promote standby2"
             }
         }
     }
@@ -155,6 +195,10 @@ struct Plan {
     /// read all along), so that the copies have changes to decode after
     /// their consumers' positions.
     consumer_lag_ms: u64,
+    /// Which way a stall holds: both, to the standby, to the primary.
+    stall: ProxyMode,
+    /// How slow a slow link is.
+    slow_kbps: u64,
 }
 
 impl Plan {
@@ -179,13 +223,26 @@ impl Plan {
             } else {
                 0
             },
+            stall: ProxyMode::Pass,
+            slow_kbps: 0,
         }
         .with_big_at(r.range(0, fault_after_ms))
+        .with_link(&mut r)
     }
     /// The spilled transaction runs before the fault (possibly still
     /// being decoded or held when it strikes).
     fn with_big_at(mut self, ms: u64) -> Plan {
         self.big_at_ms = ms;
+        self
+    }
+    /// Drawn after the others, so that older seeds keep their timings.
+    fn with_link(mut self, r: &mut Rng) -> Plan {
+        self.stall = match r.range(0, 2) {
+            0 => ProxyMode::StallBoth,
+            1 => ProxyMode::StallToStandby,
+            _ => ProxyMode::StallToPrimary,
+        };
+        self.slow_kbps = r.range(16, 256);
         self
     }
     fn timing(&self) -> String {
@@ -224,6 +281,36 @@ impl Plan {
                     s,
                     "; standby{}; final kill {} ms after recovery",
                     self.standby, self.final_after_ms
+                );
+            }
+            Fault::ProxyCut | Fault::ProxyStall | Fault::ProxySlow => {
+                let how = match self.fault {
+                    Fault::ProxyCut => "cut".to_string(),
+                    Fault::ProxySlow => format!("{} kB/s", self.slow_kbps),
+                    _ => match self.stall {
+                        ProxyMode::StallToStandby => "stalled to the standby".to_string(),
+                        ProxyMode::StallToPrimary => "stalled to the primary".to_string(),
+                        _ => "stalled both ways".to_string(),
+                    },
+                };
+                let _ = write!(
+                    s,
+                    "; standby{} {how} {} ms; final kill {} ms after recovery",
+                    self.standby, self.down_ms, self.final_after_ms
+                );
+            }
+            Fault::SwitchoverAndBack => {
+                let _ = write!(
+                    s,
+                    "; {} ms on standby1 before the way back; final kill {} ms after",
+                    self.down_ms, self.final_after_ms
+                );
+            }
+            Fault::TwoFailovers => {
+                let _ = write!(
+                    s,
+                    "; {} ms on standby1 after standby2 follows it",
+                    self.final_after_ms
                 );
             }
         }
@@ -787,6 +874,177 @@ fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
     }
 }
 
+// ---------------------------------------------------------------- the proxy
+
+/// What the proxy does to the bytes between a standby and its primary.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum ProxyMode {
+    /// Everything passes.
+    Pass = 0,
+    /// Connections closed, new ones closed at once (the link is down).
+    Down = 1,
+    /// Nothing passes either way; connections stay open (a black hole).
+    StallBoth = 2,
+    /// Nothing passes from the primary to the standby.
+    StallToStandby = 3,
+    /// Nothing passes from the standby to the primary.
+    StallToPrimary = 4,
+    /// Everything passes, slowly (`slow_kbps`).
+    Slow = 5,
+}
+
+struct ProxyShared {
+    target: AtomicU16,
+    mode: AtomicU8,
+    slow_kbps: AtomicU64,
+    stop: AtomicBool,
+    /// Connections made, bytes passed: shown in the notes.
+    connections: AtomicU64,
+    bytes: AtomicU64,
+    /// Both ends of every connection, to close them on a cut.
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+impl ProxyShared {
+    fn mode(&self) -> ProxyMode {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => ProxyMode::Down,
+            2 => ProxyMode::StallBoth,
+            3 => ProxyMode::StallToStandby,
+            4 => ProxyMode::StallToPrimary,
+            5 => ProxyMode::Slow,
+            _ => ProxyMode::Pass,
+        }
+    }
+    fn close_all(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A TCP proxy on a loopback port in front of a primary, in threads: a
+/// standby's `primary_conninfo` names it, so its walreceiver and its sync
+/// worker both go through it.
+struct Proxy {
+    port: u16,
+    shared: Arc<ProxyShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).expect("nonblocking proxy");
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(ProxyShared {
+            target: AtomicU16::new(target),
+            mode: AtomicU8::new(ProxyMode::Pass as u8),
+            slow_kbps: AtomicU64::new(64),
+            stop: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            conns: Mutex::new(Vec::new()),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::spawn(move || {
+            while !sh.stop.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                if sh.mode() == ProxyMode::Down {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let target = sh.target.load(Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                sh.conns.lock().unwrap().extend([c3, s3]);
+                sh.connections.fetch_add(1, Ordering::SeqCst);
+                let (a, b) = (sh.clone(), sh.clone());
+                std::thread::spawn(move || pump(client, server, ProxyMode::StallToPrimary, &a));
+                std::thread::spawn(move || pump(s2, c2, ProxyMode::StallToStandby, &b));
+            }
+            sh.close_all();
+        });
+        Proxy {
+            port,
+            shared,
+            thread: Some(thread),
+        }
+    }
+    fn set(&self, mode: ProxyMode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+        if mode == ProxyMode::Down {
+            self.shared.close_all();
+        }
+    }
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.shared.close_all();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies `from` to `to` until either closes; `stalled_by` is the mode that
+/// holds this direction (besides `StallBoth`).
+fn pump(mut from: TcpStream, mut to: TcpStream, stalled_by: ProxyMode, sh: &ProxyShared) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    let held = |m: ProxyMode| m == stalled_by || m == ProxyMode::StallBoth;
+    loop {
+        // Not reading while held: the sender's socket buffer fills, as on a dead link.
+        while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
+            sleep(Duration::from_millis(10));
+        }
+        let slow = sh.mode() == ProxyMode::Slow;
+        let want = if slow { 1024 } else { buf.len() };
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Read just before a stall: held here until it ends.
+        while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
+            sleep(Duration::from_millis(10));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sh.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        if sh.mode() == ProxyMode::Slow {
+            let kbps = sh.slow_kbps.load(Ordering::SeqCst).max(1);
+            sleep(Duration::from_micros(n as u64 * 1_000_000 / (kbps * 1024)));
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
 // ---------------------------------------------------------------- a scenario
 
 const SLOTS: [(&str, Plugin); 2] = [("recv", Plugin::TestDecoding), ("w2j", Plugin::Wal2json)];
@@ -824,12 +1082,30 @@ max_prepared_transactions = 10"
     primary.sql("CREATE PUBLICATION pub FOR TABLE t");
     let standby1 = dir.standby("standby1", &primary);
     let standby2 = dir.standby("standby2", &primary);
-    for s in [&standby1, &standby2] {
+    // Each standby reaches the primary through a proxy of its own: its
+    // walreceiver and its worker (which uses the server's primary_conninfo).
+    let proxies = [Proxy::start(primary.port), Proxy::start(primary.port)];
+    for (s, p) in [(&standby1, &proxies[0]), (&standby2, &proxies[1])] {
+        s.set_auto_conf(
+            "primary_conninfo",
+            &format!("host=127.0.0.1 port={} user=postgres", p.port),
+        );
         // README set-up step 5: empty on standbys, so a promoted one holds nobody.
         s.append_conf("sync_logical_slot.standby_slot_names = ''");
         s.start();
     }
     let standbys = [&standby1, &standby2];
+    // The physical slot of whoever will follow standby1 once it is
+    // promoted, made now so that it keeps standby1's WAL from here on.
+    match plan.fault {
+        Fault::SwitchoverAndBack => {
+            standby1.sql("SELECT pg_create_physical_replication_slot('primary', true)");
+        }
+        Fault::TwoFailovers => {
+            standby1.sql("SELECT pg_create_physical_replication_slot('standby2', true)");
+        }
+        _ => {}
+    }
 
     // Consumers.
     let subscriber = subscriber_of(&dir, &primary);
@@ -879,6 +1155,13 @@ max_prepared_transactions = 10"
         }
     }
 
+    if sabotage("no_wait") {
+        // Sabotage, made to bite: standby1 lags on a slow link while the
+        // consumers, held for nobody, read what it does not have yet.
+        proxies[0].shared.slow_kbps.store(32, Ordering::SeqCst);
+        proxies[0].set(ProxyMode::Slow);
+    }
+
     // Load and the fault.
     let mut load = Load::start(primary.port, 1000, plan.long_commit_ms, plan.big_at_ms);
     let lag = plan.consumer_lag_ms.min(plan.fault_after_ms);
@@ -910,7 +1193,61 @@ max_prepared_transactions = 10"
                 Err(e) => out.notes.push(format!("standby1 readiness after restart: {e}")),
             }
         }
-        Fault::WorkerKill9 | Fault::StandbyKill9Restart | Fault::PrimarySigstop => {
+        Fault::TwoFailovers => {
+            // standby2 falls behind standby1 first (its link cut), as an HA
+            // manager promotes the standby that has the most WAL: standby2
+            // can follow standby1's new timeline only from behind its fork.
+            proxies[1].set(ProxyMode::Down);
+            sleep(Duration::from_millis(300));
+            let behind = standby2.sql("SELECT pg_last_wal_receive_lsn()");
+            if let Err(e) = poll(
+                &standby1,
+                &format!("SELECT pg_last_wal_receive_lsn() >= '{behind}'::pg_lsn"),
+                "t",
+                DEADLINE,
+            ) {
+                panic!("standby1 never caught up with standby2: {e}");
+            }
+            primary.kill9();
+            let hold = if sabotage("no_wait") { "" } else { "standby2" };
+            failover(&standby1, hold, &load, &consumers, &subscriber, out);
+            let since = standby2.sql("SELECT now()");
+            // Re-point standby2 to the promoted standby1 and restart it.
+            standby2.set_auto_conf(
+                "primary_conninfo",
+                &format!("host=127.0.0.1 port={} user=postgres", standby1.port),
+            );
+            standby2.stop();
+            standby2.start();
+            let moved = poll(
+                &standby2,
+                &format!(
+                    "SELECT coalesce(max(verified_at) > '{since}'::timestamptz, false) FROM sync_logical_slot_status"
+                ),
+                "t",
+                STUCK_BOUND,
+            )
+            .and_then(|_| poll(&standby2, "SELECT sync_logical_slot_ready()", "t", STUCK_BOUND));
+            if let Err(e) = moved {
+                out.stuck += 1;
+                out.problem(format!("stuck: standby2 following standby1: {e}"));
+            }
+            sleep(Duration::from_millis(plan.final_after_ms));
+            if lag > 0 {
+                for c in &consumers {
+                    c.control.pause();
+                }
+                sleep(Duration::from_millis(lag));
+            }
+            standby1.kill9();
+        }
+        Fault::WorkerKill9
+        | Fault::StandbyKill9Restart
+        | Fault::PrimarySigstop
+        | Fault::ProxyCut
+        | Fault::ProxyStall
+        | Fault::ProxySlow
+        | Fault::SwitchoverAndBack => {
             let since = standby1.sql("SELECT now()");
             // The primary survives this fault: the consumers read again.
             let resume = || {
@@ -930,6 +1267,48 @@ max_prepared_transactions = 10"
                     resume();
                     sleep(Duration::from_millis(plan.down_ms));
                     hit.start();
+                }
+                Fault::ProxyCut | Fault::ProxyStall | Fault::ProxySlow => {
+                    let proxy = &proxies[plan.standby as usize - 1];
+                    proxy
+                        .shared
+                        .slow_kbps
+                        .store(plan.slow_kbps, Ordering::SeqCst);
+                    proxy.set(match plan.fault {
+                        Fault::ProxyCut => ProxyMode::Down,
+                        Fault::ProxySlow => ProxyMode::Slow,
+                        _ => plan.stall,
+                    });
+                    resume();
+                    sleep(Duration::from_millis(plan.down_ms));
+                    proxy.set(ProxyMode::Pass);
+                }
+                Fault::SwitchoverAndBack => {
+                    // To standby1: it holds its consumers for the old
+                    // primary, which follows it through slot "primary".
+                    primary.stop();
+                    let hold = if sabotage("no_wait") { "" } else { "primary" };
+                    failover(&standby1, hold, &load, &consumers, &subscriber, out);
+                    // As a standby it holds nobody (README set-up step 5).
+                    primary.append_conf("sync_logical_slot.standby_slot_names = ''");
+                    primary.follow(&standby1, "primary");
+                    primary.start();
+                    sleep(Duration::from_millis(plan.down_ms));
+                    // And back, once the old primary's copies are ready.
+                    if let Err(e) = poll(
+                        &primary,
+                        "SELECT sync_logical_slot_ready()",
+                        "t",
+                        STUCK_BOUND,
+                    ) {
+                        out.stuck += 1;
+                        out.problem(format!("stuck: the old primary following standby1: {e}"));
+                    }
+                    standby1.stop();
+                    failover(&primary, held_for, &load, &consumers, &subscriber, out);
+                    standby1.append_conf("sync_logical_slot.standby_slot_names = ''");
+                    standby1.follow(&primary, "standby1");
+                    standby1.start();
                 }
                 _ => {
                     let pids = all_pids(&primary);
@@ -979,8 +1358,11 @@ max_prepared_transactions = 10"
         }
     }
 
-    let survivor = &standby1;
-    failover(survivor, &load, &consumers, &subscriber, out);
+    let survivor = match plan.fault {
+        Fault::TwoFailovers => &standby2,
+        _ => &standby1,
+    };
+    failover(survivor, "", &load, &consumers, &subscriber, out);
     sleep(Duration::from_millis(plan.after_failover_ms));
     load.stop();
 
@@ -1063,6 +1445,14 @@ max_prepared_transactions = 10"
             ));
         }
     }
+    for (i, p) in proxies.iter().enumerate() {
+        out.notes.push(format!(
+            "proxy of standby{}: {} connections, {} kB",
+            i + 1,
+            p.shared.connections.load(Ordering::SeqCst),
+            p.shared.bytes.load(Ordering::SeqCst) / 1024
+        ));
+    }
     for s in standbys {
         let bytes = dir_bytes(&s.datadir().join("pg_wal"));
         out.notes
@@ -1085,7 +1475,14 @@ max_prepared_transactions = 10"
 /// Fails over (or switches over) to `to`, whose upstream is gone: nobody
 /// reads or writes until its copies are checked, then everyone (load,
 /// consumers, the subscription) goes on there.
-fn failover(to: &Node, load: &Load, consumers: &[Consumer], subscriber: &Node, out: &mut Outcome) {
+fn failover(
+    to: &Node,
+    hold_for: &str,
+    load: &Load,
+    consumers: &[Consumer],
+    subscriber: &Node,
+    out: &mut Outcome,
+) {
     load.control.pause();
     for c in consumers {
         c.control.pause();
@@ -1111,6 +1508,22 @@ fn failover(to: &Node, load: &Load, consumers: &[Consumer], subscriber: &Node, o
             "{} not ready at failover ({ready}): its copies were not checked",
             to.name
         ));
+    }
+    if !hold_for.is_empty() {
+        // Only now: checking the copies decodes on `to`, which its
+        // standby_slot_names would hold until those standbys follow it.
+        to.append_conf(&format!(
+            "sync_logical_slot.standby_slot_names = '{hold_for}'"
+        ));
+        to.reload();
+        if let Err(e) = poll(
+            to,
+            "SHOW sync_logical_slot.standby_slot_names",
+            hold_for,
+            DEADLINE,
+        ) {
+            panic!("{} never took standby_slot_names: {e}", to.name);
+        }
     }
     subscriber.sql(&format!(
         "ALTER SUBSCRIPTION sub CONNECTION '{}'",
@@ -1204,11 +1617,19 @@ fn check_promoted_copy(promoted: &Node, c: &Consumer, out: &mut Outcome) {
         ));
     }
     let decoded = match promoted.try_sql(&format!(
-        "SELECT data FROM pg_logical_slot_peek_changes('{}', NULL, NULL{})",
+        "SET statement_timeout = '60s'; SELECT data FROM pg_logical_slot_peek_changes('{}', NULL, NULL{})",
         c.slot,
         c.plugin.options().1
     )) {
         Ok(d) => d,
+        Err(e) if e.contains("statement timeout") => {
+            out.stuck += 1;
+            out.problem(format!(
+                "stuck: decoding the promoted copy of {} took over 60 s",
+                c.slot
+            ));
+            return;
+        }
         Err(e) => {
             out.overpromised += 1;
             out.problem(format!(
@@ -1358,12 +1779,15 @@ fn write_report(path: &Path, summary: &str, table: &str, failed: usize, runs: us
         "# Reliability: the torture harness\n\n\
          `scripts/torture` (tests/torture.rs) runs randomized failover scenarios,\n\
          reproducible from a seed: a primary and two standbys (physical slots,\n\
-         hot_standby_feedback, `standby_slot_names` naming both), a write load\n\
+         hot_standby_feedback, `standby_slot_names` naming both, each behind a\n\
+         TCP proxy that can cut, stall or slow its link), a write load\n\
          (one-row transactions, subtransactions, a transaction held open across\n\
          checkpoints, one transaction spilled past `logical_decoding_work_mem`),\n\
          and three consumers that track their own position (pg_recvlogical with\n\
          test_decoding, pg_recvlogical with wal2json, a subscription on a separate\n\
-         node). Each scenario injects one fault, fails over to standby1 and checks\n\
+         node). Each scenario injects one fault (kills, SIGSTOP, a cut, stalled or\n\
+         slow link, a switchover and back, two successive failovers), fails over\n\
+         (to standby1, or to standby2 after two failovers) and checks\n\
          that every consumer got every surviving row exactly once after its own\n\
          position, that a copy said ready decodes exactly that, that nothing is\n\
          stuck or crash-looping, and that the standbys' pg_wal stays bounded.\n\
