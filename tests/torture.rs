@@ -11,7 +11,9 @@
 //!     └── slot sub  (pgoutput)      ◀── subscriber (a separate cluster, CREATE SUBSCRIPTION)
 //!  load: one-row transactions, subtransactions (a savepoint rolled back, one
 //!  released), a transaction held open across CHECKPOINTs, one transaction
-//!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts records)
+//!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts
+//!  records), DDL once the long transaction is done (ALTER TABLE t ADD
+//!  COLUMN on the subscriber, then on the primary; CREATE TABLE)
 //! ```
 //! Each scenario picks one fault and its moments from the seed, injects it
 //! under load, then fails over to standby1 (the fault itself, or a kill -9 of
@@ -199,6 +201,9 @@ struct Plan {
     stall: ProxyMode,
     /// How slow a slow link is.
     slow_kbps: u64,
+    /// When the DDL runs (ALTER TABLE t ADD COLUMN, CREATE TABLE), from
+    /// the start of the load, once the long transaction has committed.
+    ddl_at_ms: u64,
 }
 
 impl Plan {
@@ -225,6 +230,7 @@ impl Plan {
             },
             stall: ProxyMode::Pass,
             slow_kbps: 0,
+            ddl_at_ms: 0,
         }
         .with_big_at(r.range(0, fault_after_ms))
         .with_link(&mut r)
@@ -243,12 +249,13 @@ impl Plan {
             _ => ProxyMode::StallToPrimary,
         };
         self.slow_kbps = r.range(16, 256);
+        self.ddl_at_ms = r.range(0, 6000);
         self
     }
     fn timing(&self) -> String {
         let mut s = format!(
-            "fault at {} ms; long xact commits at {} ms; big xact at {} ms",
-            self.fault_after_ms, self.long_commit_ms, self.big_at_ms
+            "fault at {} ms; long xact commits at {} ms; big xact at {} ms; DDL at {} ms",
+            self.fault_after_ms, self.long_commit_ms, self.big_at_ms, self.ddl_at_ms
         );
         if self.consumer_lag_ms > 0 {
             let _ = write!(
@@ -776,10 +783,11 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, first_id: i64, long_commit_ms: u64, big_at_ms: u64) -> Load {
+    fn start(port: u16, subscriber: u16, first_id: i64, plan: &Plan) -> Load {
         let control = Control::new(port);
         let c = control.clone();
-        let thread = std::thread::spawn(move || load(&c, first_id, long_commit_ms, big_at_ms));
+        let times = (plan.long_commit_ms, plan.big_at_ms, plan.ddl_at_ms);
+        let thread = std::thread::spawn(move || load(&c, subscriber, first_id, times));
         Load {
             control,
             thread: Some(thread),
@@ -799,7 +807,8 @@ impl Drop for Load {
     }
 }
 
-fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
+fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64)) {
+    let (long_commit_ms, big_at_ms, ddl_at_ms) = times;
     let begun = Instant::now();
     let mut id = first_id;
     // The transaction held open across CHECKPOINTs (running-xacts records
@@ -827,11 +836,26 @@ fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
     }
     id += 1;
     let mut big_done = false;
+    let mut ddl_done = false;
     let mut last_checkpoint = Instant::now();
     let mut i = 0u64;
     while control.wait_unpaused() {
         let port = control.port.load(Ordering::SeqCst);
         let ms = begun.elapsed().as_millis() as u64;
+        if !ddl_done && long.is_none() && ms >= ddl_at_ms {
+            // DDL on the published table, the subscriber first (as one
+            // must), and a new table: decoding after it needs the new
+            // catalog rows, which the copies' catalog_xmin must keep.
+            // After the long transaction, whose lock would hold it.
+            ddl_done = true;
+            let _ = run_sql(subscriber, "postgres", "ALTER TABLE t ADD COLUMN extra int");
+            let _ = run_sql(
+                port,
+                "postgres",
+                "SET lock_timeout = '2s'; ALTER TABLE t ADD COLUMN extra int DEFAULT 7; ALTER TABLE t ALTER COLUMN extra SET DEFAULT 8;
+                 CREATE TABLE t_new (id int PRIMARY KEY, v text); INSERT INTO t_new VALUES (1, 'new')",
+            );
+        }
         let sql = if !big_done && ms >= big_at_ms {
             // Over logical_decoding_work_mem (64kB): decoding spills it.
             big_done = true;
@@ -1163,7 +1187,7 @@ max_prepared_transactions = 10"
     }
 
     // Load and the fault.
-    let mut load = Load::start(primary.port, 1000, plan.long_commit_ms, plan.big_at_ms);
+    let mut load = Load::start(primary.port, subscriber.port, 1000, &plan);
     let lag = plan.consumer_lag_ms.min(plan.fault_after_ms);
     sleep(Duration::from_millis(plan.fault_after_ms - lag));
     if lag > 0 {
@@ -1445,6 +1469,11 @@ max_prepared_transactions = 10"
             ));
         }
     }
+    let ddl = survivor
+        .try_sql("SELECT count(*) FROM t WHERE extra = 8")
+        .map(|n| format!("{n} rows inserted after the ADD COLUMN"))
+        .unwrap_or_else(|_| "the ADD COLUMN did not survive".into());
+    out.notes.push(format!("DDL: {ddl}"));
     for (i, p) in proxies.iter().enumerate() {
         out.notes.push(format!(
             "proxy of standby{}: {} connections, {} kB",
@@ -1782,7 +1811,8 @@ fn write_report(path: &Path, summary: &str, table: &str, failed: usize, runs: us
          hot_standby_feedback, `standby_slot_names` naming both, each behind a\n\
          TCP proxy that can cut, stall or slow its link), a write load\n\
          (one-row transactions, subtransactions, a transaction held open across\n\
-         checkpoints, one transaction spilled past `logical_decoding_work_mem`),\n\
+         checkpoints, one transaction spilled past `logical_decoding_work_mem`,\n\
+         ALTER TABLE ADD COLUMN on the published table and CREATE TABLE),\n\
          and three consumers that track their own position (pg_recvlogical with\n\
          test_decoding, pg_recvlogical with wal2json, a subscription on a separate\n\
          node). Each scenario injects one fault (kills, SIGSTOP, a cut, stalled or\n\
