@@ -1472,7 +1472,7 @@ max_prepared_transactions = 10"
     let ddl = survivor
         .try_sql("SELECT count(*) FROM t WHERE extra = 8")
         .map(|n| format!("{n} rows inserted after the ADD COLUMN"))
-        .unwrap_or_else(|_| "the ADD COLUMN did not survive".into());
+        .unwrap_or_else(|_| "no ADD COLUMN on the survivor (its moment came after the load, or it died with the primary)".into());
     out.notes.push(format!("DDL: {ddl}"));
     for (i, p) in proxies.iter().enumerate() {
         out.notes.push(format!(
