@@ -1,19 +1,34 @@
 //! # Torture: randomized failover scenarios, reproducible from a seed (issue 14)
 //!
 //! ```text
-//!  primary ──streaming, slot standby1──▶ standby1   (promoted at the end of every scenario)
-//!     │    ──streaming, slot standby2──▶ standby2
+//!  primary ◀──proxy 1── standby1   (slot standby1; promoted at the end of every scenario)
+//!     │    ◀──proxy 2── standby2   (slot standby2)
 //!     │  standby_slot_names = 'standby1, standby2': consumers wait for both
+//!     │  each standby's primary_conninfo names its proxy (a thread of the
+//!     │  test): its walreceiver and its sync worker both go through it
 //!     ├── slot recv (test_decoding) ◀── pg_recvlogical, its own position (--startpos)
 //!     ├── slot w2j  (wal2json v2)   ◀── pg_recvlogical, its own position (--startpos)
 //!     └── slot sub  (pgoutput)      ◀── subscriber (a separate cluster, CREATE SUBSCRIPTION)
 //!  load: one-row transactions, subtransactions (a savepoint rolled back, one
 //!  released), a transaction held open across CHECKPOINTs, one transaction
-//!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts records)
+//!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts
+//!  records), DDL once the long transaction is done (ALTER TABLE t ADD
+//!  COLUMN on the subscriber, then on the primary; CREATE TABLE)
 //! ```
 //! Each scenario picks one fault and its moments from the seed, injects it
 //! under load, then fails over to standby1 (the fault itself, or a kill -9 of
-//! the primary after it), and checks:
+//! the primary after it), and checks what follows. The faults: kill -9 of
+//! the primary, of a standby, of a standby's worker; SIGSTOP of the
+//! primary; a standby restarted while the primary is down; the proxy
+//! cutting a standby's link (connections closed and refused), stalling it
+//! (nothing passes one way or both, connections open) or slowing it;
+//! a switchover to standby1 and back (clean shutdown, promotion, the old
+//! primary follows through a physical slot made on standby1 beforehand);
+//! two successive failovers (standby2 cut first so that it is behind
+//! standby1, the primary killed, standby1 promoted holding its consumers
+//! for standby2, standby2 re-pointed to it and restarted, then standby1
+//! killed and standby2 promoted: the checks then run on standby2). After the
+//! faults the primary survives, the final kill -9 comes later. The checks:
 //! - every consumer received every row of the surviving timeline exactly once
 //!   after its own position: `lost`, `duplicated`, `phantom` (received, not
 //!   on the survivor);
@@ -33,6 +48,17 @@
 //! printed in it). `scripts/torture` sets them. A failing scenario keeps its
 //! directory and prints `scripts/torture --seed S --only K`.
 //!
+//! Sabotage, to show that the checks catch what they claim to (never on by
+//! default): `TORTURE_SABOTAGE=no_wait` leaves the primary's
+//! `standby_slot_names` empty and slows standby1's link (32 kB/s) once the
+//! load starts, so consumers read what standby1 does not have yet (expect
+//! `phantom`, `overpromised` or standby1 not ready at the failover); `TORTURE_SABOTAGE=skip` resumes every consumer
+//! after a failover from the promoted server's end of WAL instead of its own
+//! position (expect `lost`); `TORTURE_SABOTAGE=repeat` makes every consumer
+//! apply its last batch (segment) again after a failover, as an
+//! at-least-once consumer would (expect `duplicated`). Every scenario run with
+//! one fails, and the summary line shows the counts.
+//!
 //! A consumer's own position: pg_recvlogical runs in segments, each from the
 //! position to an end position taken between records (`--endpos`), with no
 //! status messages of its own (`-s 0`, `-F` long): it confirms only when it
@@ -46,9 +72,10 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
@@ -97,14 +124,33 @@ enum Fault {
     PrimarySigstop,
     /// kill -9 of the primary, standby1 restarted while it is down, then promoted.
     StandbyRestartWhilePrimaryDown,
+    /// The proxy between a standby and the primary closes every connection
+    /// and refuses new ones for a while (walreceiver and worker both cut).
+    ProxyCut,
+    /// The proxy passes nothing one way (or either way) for a while, the
+    /// connections left open.
+    ProxyStall,
+    /// The proxy passes everything, slowly, for a while.
+    ProxySlow,
+    /// Clean shutdown of the primary, standby1 promoted, the old primary
+    /// follows it; then the same back.
+    SwitchoverAndBack,
+    /// kill -9 of the primary, standby1 promoted, standby2 re-pointed to
+    /// follow it; then kill -9 of standby1, standby2 promoted.
+    TwoFailovers,
 }
 
-const FAULTS: [Fault; 5] = [
+const FAULTS: [Fault; 10] = [
     Fault::PrimaryKill9,
     Fault::WorkerKill9,
     Fault::StandbyKill9Restart,
     Fault::PrimarySigstop,
     Fault::StandbyRestartWhilePrimaryDown,
+    Fault::ProxyCut,
+    Fault::ProxyStall,
+    Fault::ProxySlow,
+    Fault::SwitchoverAndBack,
+    Fault::TwoFailovers,
 ];
 
 impl Fault {
@@ -116,6 +162,13 @@ impl Fault {
             Fault::PrimarySigstop => "SIGSTOP the primary",
             Fault::StandbyRestartWhilePrimaryDown => {
                 "kill -9 primary, restart standby1 while it is down, promote it"
+            }
+            Fault::ProxyCut => "cut a standby's link to the primary (both ways), restore it",
+            Fault::ProxyStall => "stall a standby's link to the primary, restore it",
+            Fault::ProxySlow => "slow a standby's link to the primary, restore it",
+            Fault::SwitchoverAndBack => "switchover to standby1 and back",
+            Fault::TwoFailovers => {
+                "kill -9 primary, promote standby1, standby2 follows it; kill -9 standby1, promote standby2"
             }
         }
     }
@@ -144,6 +197,13 @@ struct Plan {
     /// read all along), so that the copies have changes to decode after
     /// their consumers' positions.
     consumer_lag_ms: u64,
+    /// Which way a stall holds: both, to the standby, to the primary.
+    stall: ProxyMode,
+    /// How slow a slow link is.
+    slow_kbps: u64,
+    /// When the DDL runs (ALTER TABLE t ADD COLUMN, CREATE TABLE), from
+    /// the start of the load, once the long transaction has committed.
+    ddl_at_ms: u64,
 }
 
 impl Plan {
@@ -168,8 +228,12 @@ impl Plan {
             } else {
                 0
             },
+            stall: ProxyMode::Pass,
+            slow_kbps: 0,
+            ddl_at_ms: 0,
         }
         .with_big_at(r.range(0, fault_after_ms))
+        .with_link(&mut r)
     }
     /// The spilled transaction runs before the fault (possibly still
     /// being decoded or held when it strikes).
@@ -177,10 +241,21 @@ impl Plan {
         self.big_at_ms = ms;
         self
     }
+    /// Drawn after the others, so that older seeds keep their timings.
+    fn with_link(mut self, r: &mut Rng) -> Plan {
+        self.stall = match r.range(0, 2) {
+            0 => ProxyMode::StallBoth,
+            1 => ProxyMode::StallToStandby,
+            _ => ProxyMode::StallToPrimary,
+        };
+        self.slow_kbps = r.range(16, 256);
+        self.ddl_at_ms = r.range(0, 6000);
+        self
+    }
     fn timing(&self) -> String {
         let mut s = format!(
-            "fault at {} ms; long xact commits at {} ms; big xact at {} ms",
-            self.fault_after_ms, self.long_commit_ms, self.big_at_ms
+            "fault at {} ms; long xact commits at {} ms; big xact at {} ms; DDL at {} ms",
+            self.fault_after_ms, self.long_commit_ms, self.big_at_ms, self.ddl_at_ms
         );
         if self.consumer_lag_ms > 0 {
             let _ = write!(
@@ -213,6 +288,36 @@ impl Plan {
                     s,
                     "; standby{}; final kill {} ms after recovery",
                     self.standby, self.final_after_ms
+                );
+            }
+            Fault::ProxyCut | Fault::ProxyStall | Fault::ProxySlow => {
+                let how = match self.fault {
+                    Fault::ProxyCut => "cut".to_string(),
+                    Fault::ProxySlow => format!("{} kB/s", self.slow_kbps),
+                    _ => match self.stall {
+                        ProxyMode::StallToStandby => "stalled to the standby".to_string(),
+                        ProxyMode::StallToPrimary => "stalled to the primary".to_string(),
+                        _ => "stalled both ways".to_string(),
+                    },
+                };
+                let _ = write!(
+                    s,
+                    "; standby{} {how} {} ms; final kill {} ms after recovery",
+                    self.standby, self.down_ms, self.final_after_ms
+                );
+            }
+            Fault::SwitchoverAndBack => {
+                let _ = write!(
+                    s,
+                    "; {} ms on standby1 before the way back; final kill {} ms after",
+                    self.down_ms, self.final_after_ms
+                );
+            }
+            Fault::TwoFailovers => {
+                let _ = write!(
+                    s,
+                    "; {} ms on standby1 after standby2 follows it",
+                    self.final_after_ms
                 );
             }
         }
@@ -254,6 +359,11 @@ impl Outcome {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/// `TORTURE_SABOTAGE` (see the file comment): `no_wait`, `skip`, `repeat` or nothing.
+fn sabotage(what: &str) -> bool {
+    std::env::var("TORTURE_SABOTAGE").is_ok_and(|v| v.trim() == what)
+}
 
 fn lsn(text: &str) -> u64 {
     let (hi, lo) = text
@@ -445,6 +555,8 @@ struct Received {
     ids: Vec<i64>,
     segments: u64,
     dropped_segments: u64,
+    /// The rows of the last segment kept that had any.
+    last_kept: Vec<i64>,
 }
 
 struct Control {
@@ -506,6 +618,7 @@ impl Consumer {
             ids: Vec::new(),
             segments: 0,
             dropped_segments: 0,
+            last_kept: Vec::new(),
         }));
         let (c, r, d) = (control.clone(), received.clone(), dir.to_path_buf());
         let thread = std::thread::spawn(move || consume(&d, slot, plugin, &c, &r));
@@ -638,6 +751,9 @@ fn consume(dir: &Path, slot: &str, plugin: Plugin, control: &Control, received: 
                     use std::io::Write;
                     let _ = f.write_all(text.as_bytes());
                 }
+                if !ids.is_empty() {
+                    r.last_kept = ids.clone();
+                }
                 r.ids.extend(ids);
                 r.position = r.position.max(c);
             }
@@ -667,10 +783,11 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, first_id: i64, long_commit_ms: u64, big_at_ms: u64) -> Load {
+    fn start(port: u16, subscriber: u16, first_id: i64, plan: &Plan) -> Load {
         let control = Control::new(port);
         let c = control.clone();
-        let thread = std::thread::spawn(move || load(&c, first_id, long_commit_ms, big_at_ms));
+        let times = (plan.long_commit_ms, plan.big_at_ms, plan.ddl_at_ms);
+        let thread = std::thread::spawn(move || load(&c, subscriber, first_id, times));
         Load {
             control,
             thread: Some(thread),
@@ -690,7 +807,8 @@ impl Drop for Load {
     }
 }
 
-fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
+fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64)) {
+    let (long_commit_ms, big_at_ms, ddl_at_ms) = times;
     let begun = Instant::now();
     let mut id = first_id;
     // The transaction held open across CHECKPOINTs (running-xacts records
@@ -718,11 +836,26 @@ fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
     }
     id += 1;
     let mut big_done = false;
+    let mut ddl_done = false;
     let mut last_checkpoint = Instant::now();
     let mut i = 0u64;
     while control.wait_unpaused() {
         let port = control.port.load(Ordering::SeqCst);
         let ms = begun.elapsed().as_millis() as u64;
+        if !ddl_done && long.is_none() && ms >= ddl_at_ms {
+            // DDL on the published table, the subscriber first (as one
+            // must), and a new table: decoding after it needs the new
+            // catalog rows, which the copies' catalog_xmin must keep.
+            // After the long transaction, whose lock would hold it.
+            ddl_done = true;
+            let _ = run_sql(subscriber, "postgres", "ALTER TABLE t ADD COLUMN extra int");
+            let _ = run_sql(
+                port,
+                "postgres",
+                "SET lock_timeout = '2s'; ALTER TABLE t ADD COLUMN extra int DEFAULT 7; ALTER TABLE t ALTER COLUMN extra SET DEFAULT 8;
+                 CREATE TABLE t_new (id int PRIMARY KEY, v text); INSERT INTO t_new VALUES (1, 'new')",
+            );
+        }
         let sql = if !big_done && ms >= big_at_ms {
             // Over logical_decoding_work_mem (64kB): decoding spills it.
             big_done = true;
@@ -765,6 +898,177 @@ fn load(control: &Control, first_id: i64, long_commit_ms: u64, big_at_ms: u64) {
     }
 }
 
+// ---------------------------------------------------------------- the proxy
+
+/// What the proxy does to the bytes between a standby and its primary.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum ProxyMode {
+    /// Everything passes.
+    Pass = 0,
+    /// Connections closed, new ones closed at once (the link is down).
+    Down = 1,
+    /// Nothing passes either way; connections stay open (a black hole).
+    StallBoth = 2,
+    /// Nothing passes from the primary to the standby.
+    StallToStandby = 3,
+    /// Nothing passes from the standby to the primary.
+    StallToPrimary = 4,
+    /// Everything passes, slowly (`slow_kbps`).
+    Slow = 5,
+}
+
+struct ProxyShared {
+    target: AtomicU16,
+    mode: AtomicU8,
+    slow_kbps: AtomicU64,
+    stop: AtomicBool,
+    /// Connections made, bytes passed: shown in the notes.
+    connections: AtomicU64,
+    bytes: AtomicU64,
+    /// Both ends of every connection, to close them on a cut.
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+impl ProxyShared {
+    fn mode(&self) -> ProxyMode {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => ProxyMode::Down,
+            2 => ProxyMode::StallBoth,
+            3 => ProxyMode::StallToStandby,
+            4 => ProxyMode::StallToPrimary,
+            5 => ProxyMode::Slow,
+            _ => ProxyMode::Pass,
+        }
+    }
+    fn close_all(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A TCP proxy on a loopback port in front of a primary, in threads: a
+/// standby's `primary_conninfo` names it, so its walreceiver and its sync
+/// worker both go through it.
+struct Proxy {
+    port: u16,
+    shared: Arc<ProxyShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).expect("nonblocking proxy");
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(ProxyShared {
+            target: AtomicU16::new(target),
+            mode: AtomicU8::new(ProxyMode::Pass as u8),
+            slow_kbps: AtomicU64::new(64),
+            stop: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            conns: Mutex::new(Vec::new()),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::spawn(move || {
+            while !sh.stop.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                if sh.mode() == ProxyMode::Down {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let target = sh.target.load(Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                sh.conns.lock().unwrap().extend([c3, s3]);
+                sh.connections.fetch_add(1, Ordering::SeqCst);
+                let (a, b) = (sh.clone(), sh.clone());
+                std::thread::spawn(move || pump(client, server, ProxyMode::StallToPrimary, &a));
+                std::thread::spawn(move || pump(s2, c2, ProxyMode::StallToStandby, &b));
+            }
+            sh.close_all();
+        });
+        Proxy {
+            port,
+            shared,
+            thread: Some(thread),
+        }
+    }
+    fn set(&self, mode: ProxyMode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+        if mode == ProxyMode::Down {
+            self.shared.close_all();
+        }
+    }
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.shared.close_all();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies `from` to `to` until either closes; `stalled_by` is the mode that
+/// holds this direction (besides `StallBoth`).
+fn pump(mut from: TcpStream, mut to: TcpStream, stalled_by: ProxyMode, sh: &ProxyShared) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    let held = |m: ProxyMode| m == stalled_by || m == ProxyMode::StallBoth;
+    loop {
+        // Not reading while held: the sender's socket buffer fills, as on a dead link.
+        while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
+            sleep(Duration::from_millis(10));
+        }
+        let slow = sh.mode() == ProxyMode::Slow;
+        let want = if slow { 1024 } else { buf.len() };
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Read just before a stall: held here until it ends.
+        while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
+            sleep(Duration::from_millis(10));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sh.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        if sh.mode() == ProxyMode::Slow {
+            let kbps = sh.slow_kbps.load(Ordering::SeqCst).max(1);
+            sleep(Duration::from_micros(n as u64 * 1_000_000 / (kbps * 1024)));
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
 // ---------------------------------------------------------------- a scenario
 
 const SLOTS: [(&str, Plugin); 2] = [("recv", Plugin::TestDecoding), ("w2j", Plugin::Wal2json)];
@@ -782,11 +1086,16 @@ fn run_scenario(seed: u64, k: u64, out: &mut Outcome) {
 
     // Topology: a primary holding its consumers for both standbys.
     let primary = dir.primary("primary");
-    primary.append_conf(
-        "sync_logical_slot.standby_slot_names = 'standby1, standby2'
+    let held_for = if sabotage("no_wait") {
+        ""
+    } else {
+        "standby1, standby2"
+    };
+    primary.append_conf(&format!(
+        "sync_logical_slot.standby_slot_names = '{held_for}'
 logical_decoding_work_mem = 64kB
-max_prepared_transactions = 10",
-    );
+max_prepared_transactions = 10"
+    ));
     if has_output_plugin_libraries() {
         // Minor releases since August 2026 load only the output plugins listed.
         primary.append_conf("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'");
@@ -797,12 +1106,30 @@ max_prepared_transactions = 10",
     primary.sql("CREATE PUBLICATION pub FOR TABLE t");
     let standby1 = dir.standby("standby1", &primary);
     let standby2 = dir.standby("standby2", &primary);
-    for s in [&standby1, &standby2] {
+    // Each standby reaches the primary through a proxy of its own: its
+    // walreceiver and its worker (which uses the server's primary_conninfo).
+    let proxies = [Proxy::start(primary.port), Proxy::start(primary.port)];
+    for (s, p) in [(&standby1, &proxies[0]), (&standby2, &proxies[1])] {
+        s.set_auto_conf(
+            "primary_conninfo",
+            &format!("host=127.0.0.1 port={} user=postgres", p.port),
+        );
         // README set-up step 5: empty on standbys, so a promoted one holds nobody.
         s.append_conf("sync_logical_slot.standby_slot_names = ''");
         s.start();
     }
     let standbys = [&standby1, &standby2];
+    // The physical slot of whoever will follow standby1 once it is
+    // promoted, made now so that it keeps standby1's WAL from here on.
+    match plan.fault {
+        Fault::SwitchoverAndBack => {
+            standby1.sql("SELECT pg_create_physical_replication_slot('primary', true)");
+        }
+        Fault::TwoFailovers => {
+            standby1.sql("SELECT pg_create_physical_replication_slot('standby2', true)");
+        }
+        _ => {}
+    }
 
     // Consumers.
     let subscriber = subscriber_of(&dir, &primary);
@@ -852,8 +1179,15 @@ max_prepared_transactions = 10",
         }
     }
 
+    if sabotage("no_wait") {
+        // Sabotage, made to bite: standby1 lags on a slow link while the
+        // consumers, held for nobody, read what it does not have yet.
+        proxies[0].shared.slow_kbps.store(32, Ordering::SeqCst);
+        proxies[0].set(ProxyMode::Slow);
+    }
+
     // Load and the fault.
-    let mut load = Load::start(primary.port, 1000, plan.long_commit_ms, plan.big_at_ms);
+    let mut load = Load::start(primary.port, subscriber.port, 1000, &plan);
     let lag = plan.consumer_lag_ms.min(plan.fault_after_ms);
     sleep(Duration::from_millis(plan.fault_after_ms - lag));
     if lag > 0 {
@@ -883,7 +1217,61 @@ max_prepared_transactions = 10",
                 Err(e) => out.notes.push(format!("standby1 readiness after restart: {e}")),
             }
         }
-        Fault::WorkerKill9 | Fault::StandbyKill9Restart | Fault::PrimarySigstop => {
+        Fault::TwoFailovers => {
+            // standby2 falls behind standby1 first (its link cut), as an HA
+            // manager promotes the standby that has the most WAL: standby2
+            // can follow standby1's new timeline only from behind its fork.
+            proxies[1].set(ProxyMode::Down);
+            sleep(Duration::from_millis(300));
+            let behind = standby2.sql("SELECT pg_last_wal_receive_lsn()");
+            if let Err(e) = poll(
+                &standby1,
+                &format!("SELECT pg_last_wal_receive_lsn() >= '{behind}'::pg_lsn"),
+                "t",
+                DEADLINE,
+            ) {
+                panic!("standby1 never caught up with standby2: {e}");
+            }
+            primary.kill9();
+            let hold = if sabotage("no_wait") { "" } else { "standby2" };
+            failover(&standby1, hold, &load, &consumers, &subscriber, out);
+            let since = standby2.sql("SELECT now()");
+            // Re-point standby2 to the promoted standby1 and restart it.
+            standby2.set_auto_conf(
+                "primary_conninfo",
+                &format!("host=127.0.0.1 port={} user=postgres", standby1.port),
+            );
+            standby2.stop();
+            standby2.start();
+            let moved = poll(
+                &standby2,
+                &format!(
+                    "SELECT coalesce(max(verified_at) > '{since}'::timestamptz, false) FROM sync_logical_slot_status"
+                ),
+                "t",
+                STUCK_BOUND,
+            )
+            .and_then(|_| poll(&standby2, "SELECT sync_logical_slot_ready()", "t", STUCK_BOUND));
+            if let Err(e) = moved {
+                out.stuck += 1;
+                out.problem(format!("stuck: standby2 following standby1: {e}"));
+            }
+            sleep(Duration::from_millis(plan.final_after_ms));
+            if lag > 0 {
+                for c in &consumers {
+                    c.control.pause();
+                }
+                sleep(Duration::from_millis(lag));
+            }
+            standby1.kill9();
+        }
+        Fault::WorkerKill9
+        | Fault::StandbyKill9Restart
+        | Fault::PrimarySigstop
+        | Fault::ProxyCut
+        | Fault::ProxyStall
+        | Fault::ProxySlow
+        | Fault::SwitchoverAndBack => {
             let since = standby1.sql("SELECT now()");
             // The primary survives this fault: the consumers read again.
             let resume = || {
@@ -903,6 +1291,48 @@ max_prepared_transactions = 10",
                     resume();
                     sleep(Duration::from_millis(plan.down_ms));
                     hit.start();
+                }
+                Fault::ProxyCut | Fault::ProxyStall | Fault::ProxySlow => {
+                    let proxy = &proxies[plan.standby as usize - 1];
+                    proxy
+                        .shared
+                        .slow_kbps
+                        .store(plan.slow_kbps, Ordering::SeqCst);
+                    proxy.set(match plan.fault {
+                        Fault::ProxyCut => ProxyMode::Down,
+                        Fault::ProxySlow => ProxyMode::Slow,
+                        _ => plan.stall,
+                    });
+                    resume();
+                    sleep(Duration::from_millis(plan.down_ms));
+                    proxy.set(ProxyMode::Pass);
+                }
+                Fault::SwitchoverAndBack => {
+                    // To standby1: it holds its consumers for the old
+                    // primary, which follows it through slot "primary".
+                    primary.stop();
+                    let hold = if sabotage("no_wait") { "" } else { "primary" };
+                    failover(&standby1, hold, &load, &consumers, &subscriber, out);
+                    // As a standby it holds nobody (README set-up step 5).
+                    primary.append_conf("sync_logical_slot.standby_slot_names = ''");
+                    primary.follow(&standby1, "primary");
+                    primary.start();
+                    sleep(Duration::from_millis(plan.down_ms));
+                    // And back, once the old primary's copies are ready.
+                    if let Err(e) = poll(
+                        &primary,
+                        "SELECT sync_logical_slot_ready()",
+                        "t",
+                        STUCK_BOUND,
+                    ) {
+                        out.stuck += 1;
+                        out.problem(format!("stuck: the old primary following standby1: {e}"));
+                    }
+                    standby1.stop();
+                    failover(&primary, held_for, &load, &consumers, &subscriber, out);
+                    standby1.append_conf("sync_logical_slot.standby_slot_names = ''");
+                    standby1.follow(&primary, "standby1");
+                    standby1.start();
                 }
                 _ => {
                     let pids = all_pids(&primary);
@@ -952,46 +1382,17 @@ max_prepared_transactions = 10",
         }
     }
 
-    // Failover to standby1: nobody reads or writes until the copies are checked.
-    load.control.pause();
-    for c in &consumers {
-        c.control.pause();
-    }
-    let ready = standby1
-        .try_sql("SELECT sync_logical_slot_wait_ready('10s')")
-        .unwrap_or_else(|e| e);
-    let source = standby1
-        .try_sql("SELECT verdict_source FROM sync_logical_slot_readiness()")
-        .unwrap_or_default();
-    out.notes
-        .push(format!("standby1 ready at failover: {ready} ({source})"));
-    standby1.promote();
-    if let Err(e) = poll(&standby1, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
-        panic!("standby1 did not leave recovery: {e}");
-    }
-    if ready == "t" {
-        for c in &consumers {
-            check_promoted_copy(&standby1, c, out);
-        }
-    } else {
-        out.problem(format!(
-            "standby1 not ready at failover ({ready}): its copies were not checked"
-        ));
-    }
-    subscriber.sql(&format!(
-        "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-        standby1.conninfo("postgres")
-    ));
-    for c in &consumers {
-        c.control.resume_on(standby1.port);
-    }
-    load.control.resume_on(standby1.port);
+    let survivor = match plan.fault {
+        Fault::TwoFailovers => &standby2,
+        _ => &standby1,
+    };
+    failover(survivor, "", &load, &consumers, &subscriber, out);
     sleep(Duration::from_millis(plan.after_failover_ms));
     load.stop();
 
     // The end: a marker row; every consumer must get to it.
-    standby1.sql("INSERT INTO t VALUES (2000000000, 'end')");
-    let end = lsn(&standby1.sql("SELECT pg_current_wal_insert_lsn()"));
+    survivor.sql("INSERT INTO t VALUES (2000000000, 'end')");
+    let end = lsn(&survivor.sql("SELECT pg_current_wal_insert_lsn()"));
     for c in &consumers {
         let deadline = Instant::now() + STUCK_BOUND;
         while c.position() < end && Instant::now() < deadline {
@@ -1021,7 +1422,7 @@ max_prepared_transactions = 10",
     }
 
     // Exactly once, per consumer, against the surviving timeline.
-    let expected: BTreeSet<i64> = table_ids(&standby1, "postgres").into_iter().collect();
+    let expected: BTreeSet<i64> = table_ids(survivor, "postgres").into_iter().collect();
     let mut checks: Vec<(String, Vec<i64>)> = consumers
         .iter()
         .map(|c| {
@@ -1068,6 +1469,19 @@ max_prepared_transactions = 10",
             ));
         }
     }
+    let ddl = survivor
+        .try_sql("SELECT count(*) FROM t WHERE extra = 8")
+        .map(|n| format!("{n} rows inserted after the ADD COLUMN"))
+        .unwrap_or_else(|_| "no ADD COLUMN on the survivor (its moment came after the load, or it died with the primary)".into());
+    out.notes.push(format!("DDL: {ddl}"));
+    for (i, p) in proxies.iter().enumerate() {
+        out.notes.push(format!(
+            "proxy of standby{}: {} connections, {} kB",
+            i + 1,
+            p.shared.connections.load(Ordering::SeqCst),
+            p.shared.bytes.load(Ordering::SeqCst) / 1024
+        ));
+    }
     for s in standbys {
         let bytes = dir_bytes(&s.datadir().join("pg_wal"));
         out.notes
@@ -1085,6 +1499,84 @@ max_prepared_transactions = 10",
         // Keep the directory (TestDir keeps it when the thread panics).
         panic!("scenario {k} failed");
     }
+}
+
+/// Fails over (or switches over) to `to`, whose upstream is gone: nobody
+/// reads or writes until its copies are checked, then everyone (load,
+/// consumers, the subscription) goes on there.
+fn failover(
+    to: &Node,
+    hold_for: &str,
+    load: &Load,
+    consumers: &[Consumer],
+    subscriber: &Node,
+    out: &mut Outcome,
+) {
+    load.control.pause();
+    for c in consumers {
+        c.control.pause();
+    }
+    let ready = to
+        .try_sql("SELECT sync_logical_slot_wait_ready('10s')")
+        .unwrap_or_else(|e| e);
+    let source = to
+        .try_sql("SELECT verdict_source FROM sync_logical_slot_readiness()")
+        .unwrap_or_default();
+    out.notes
+        .push(format!("{} ready at failover: {ready} ({source})", to.name));
+    to.promote();
+    if let Err(e) = poll(to, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
+        panic!("{} did not leave recovery: {e}", to.name);
+    }
+    if ready == "t" {
+        for c in consumers {
+            check_promoted_copy(to, c, out);
+        }
+    } else {
+        out.problem(format!(
+            "{} not ready at failover ({ready}): its copies were not checked",
+            to.name
+        ));
+    }
+    if !hold_for.is_empty() {
+        // Only now: checking the copies decodes on `to`, which its
+        // standby_slot_names would hold until those standbys follow it.
+        to.append_conf(&format!(
+            "sync_logical_slot.standby_slot_names = '{hold_for}'"
+        ));
+        to.reload();
+        if let Err(e) = poll(
+            to,
+            "SHOW sync_logical_slot.standby_slot_names",
+            hold_for,
+            DEADLINE,
+        ) {
+            panic!("{} never took standby_slot_names: {e}", to.name);
+        }
+    }
+    subscriber.sql(&format!(
+        "ALTER SUBSCRIPTION sub CONNECTION '{}'",
+        to.conninfo("postgres")
+    ));
+    if sabotage("skip") {
+        // Sabotage: the consumers forget their position and start from now.
+        let now = lsn(&to.sql("SELECT pg_current_wal_insert_lsn()"));
+        for c in consumers {
+            c.received.lock().unwrap().position = now;
+        }
+    }
+    if sabotage("repeat") {
+        // Sabotage: the consumers apply their last batch again.
+        for c in consumers {
+            let mut r = c.received.lock().unwrap();
+            let again = r.last_kept.clone();
+            r.ids.extend(again);
+        }
+    }
+    for c in consumers {
+        c.control.resume_on(to.port);
+    }
+    load.control.resume_on(to.port);
 }
 
 /// Whether wal2json is installed (Debian: postgresql-NN-wal2json).
@@ -1154,11 +1646,19 @@ fn check_promoted_copy(promoted: &Node, c: &Consumer, out: &mut Outcome) {
         ));
     }
     let decoded = match promoted.try_sql(&format!(
-        "SELECT data FROM pg_logical_slot_peek_changes('{}', NULL, NULL{})",
+        "SET statement_timeout = '60s'; SELECT data FROM pg_logical_slot_peek_changes('{}', NULL, NULL{})",
         c.slot,
         c.plugin.options().1
     )) {
         Ok(d) => d,
+        Err(e) if e.contains("statement timeout") => {
+            out.stuck += 1;
+            out.problem(format!(
+                "stuck: decoding the promoted copy of {} took over 60 s",
+                c.slot
+            ));
+            return;
+        }
         Err(e) => {
             out.overpromised += 1;
             out.problem(format!(
@@ -1308,12 +1808,16 @@ fn write_report(path: &Path, summary: &str, table: &str, failed: usize, runs: us
         "# Reliability: the torture harness\n\n\
          `scripts/torture` (tests/torture.rs) runs randomized failover scenarios,\n\
          reproducible from a seed: a primary and two standbys (physical slots,\n\
-         hot_standby_feedback, `standby_slot_names` naming both), a write load\n\
+         hot_standby_feedback, `standby_slot_names` naming both, each behind a\n\
+         TCP proxy that can cut, stall or slow its link), a write load\n\
          (one-row transactions, subtransactions, a transaction held open across\n\
-         checkpoints, one transaction spilled past `logical_decoding_work_mem`),\n\
+         checkpoints, one transaction spilled past `logical_decoding_work_mem`,\n\
+         ALTER TABLE ADD COLUMN on the published table and CREATE TABLE),\n\
          and three consumers that track their own position (pg_recvlogical with\n\
          test_decoding, pg_recvlogical with wal2json, a subscription on a separate\n\
-         node). Each scenario injects one fault, fails over to standby1 and checks\n\
+         node). Each scenario injects one fault (kills, SIGSTOP, a cut, stalled or\n\
+         slow link, a switchover and back, two successive failovers), fails over\n\
+         (to standby1, or to standby2 after two failovers) and checks\n\
          that every consumer got every surviving row exactly once after its own\n\
          position, that a copy said ready decodes exactly that, that nothing is\n\
          stuck or crash-looping, and that the standbys' pg_wal stays bounded.\n\
