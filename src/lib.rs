@@ -18,6 +18,7 @@ pub mod plan; // per-slot decisions (pure)
 pub mod primary; // the wait for the standbys (standby_slot_names); hooks in C
 pub mod readiness; // ready verdicts kept on disk with the copies
 pub mod remote; // the primary connection and the remote slot query
+pub(crate) mod signals; // the worker's signal handlers and interrupt flags
 pub mod slot; // the only file touching ReplicationSlot internals
 pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
 pub mod status; // per-slot sync state in shared memory

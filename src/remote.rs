@@ -197,7 +197,7 @@ impl Primary {
         // reload that cut the query short fails it (it is made anew).
         primary.long_poll = match primary.find_long_poll() {
             Ok(found) => found,
-            Err(e) if crate::worker::signals::reload_pending() => return Err(e),
+            Err(e) if crate::signals::reload_pending() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         primary.snapshot_reader = primary.find_reader("sync_logical_slot_read_snapshot", "3220")?;
@@ -219,7 +219,7 @@ impl Primary {
         let mut tli: pg_sys::TimeLineID = 0;
         // SAFETY: conn is open; the result is a palloc'd string.
         let remote = unsafe {
-            let p = crate::worker::signals::interruptible_by_reload(|| {
+            let p = crate::signals::interruptible_by_reload(|| {
                 pg_guard_ffi_boundary(|| identify(self.conn.as_ptr(), &mut tli))
             });
             CStr::from_ptr(p).to_string_lossy().into_owned()
@@ -285,7 +285,7 @@ impl Primary {
     /// The long poll: waits on the primary until a slot the filter selects
     /// moves (or this standby's feedback does), at most `timeout`; returns
     /// the new fingerprint (see `sync_logical_slot_wait_for_change`). Call it
-    /// inside worker::signals::in_long_poll, so that a reload or a request for
+    /// inside signals.rs::in_long_poll, so that a reload or a request for
     /// a pass interrupts it.
     pub fn wait_for_change(
         &mut self,
@@ -321,9 +321,9 @@ impl Primary {
         let types = vec![pg_sys::TEXTOID; ncols];
         // SAFETY: conn is open; sql and types outlive the call. The result is
         // palloc'd in the current (transaction) memory context.
-        // A reload interrupts the wait for the answer (see worker::signals).
+        // A reload interrupts the wait for the answer (see signals.rs).
         let res = unsafe {
-            crate::worker::signals::interruptible_by_reload(|| {
+            crate::signals::interruptible_by_reload(|| {
                 pg_guard_ffi_boundary(|| {
                     exec(
                         self.conn.as_ptr(),
@@ -427,7 +427,7 @@ impl Primary {
                 AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
         ));
         match found {
-            Err(e) if crate::worker::signals::reload_pending() => Err(e),
+            Err(e) if crate::signals::reload_pending() => Err(e),
             Err(_) => Ok(None),
             ok => ok,
         }

@@ -238,7 +238,7 @@ pub fn request() -> Option<u64> {
     // setting a latch of an exited process is harmless (PGPROC latches persist).
     unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     // The worker may be waiting on the primary (the long poll), where its
-    // latch is not enough: SIGUSR2 ends that wait (worker::signals).
+    // latch is not enough: SIGUSR2 ends that wait (signals.rs).
     // The worker clears its entry when it exits; the latch's owner is checked
     // too, so that a reused pid (a walsender, for which SIGUSR2 means "stop")
     // is never signalled.

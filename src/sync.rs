@@ -693,7 +693,7 @@ fn stop_check() -> Result<(), SyncError> {
     if !unsafe { pg_sys::RecoveryInProgress() } {
         return Err(SyncError::NotInRecovery);
     }
-    if crate::worker::signals::reload_pending() {
+    if crate::signals::reload_pending() {
         return Err(SyncError::Reloaded);
     }
     // The startup process waits for a slot this worker holds (16): the
