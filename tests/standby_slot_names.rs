@@ -11,6 +11,11 @@
 //! killed frees the slot for the next client at once; removing the standby
 //! from the setting and reloading releases the waiters; a named slot that
 //! does not exist is warned about; with a quorum of one, one standby is enough.
+//! No keepalive tells a consumer of a position the standbys lack either:
+//! WAL with nothing for the consumer (another database's writes) is decoded
+//! past the standby's flush, and a consumer that confirms keepalive
+//! positions (pg_recvlogical does) would, after a failover, skip the new
+//! primary's first transactions written below that position.
 
 mod common;
 use common::*;
@@ -93,6 +98,60 @@ fn consumers_get_nothing_the_standby_lacks() {
         assert!(Instant::now() < deadline, "pg_recvlogical never got row 2");
         sleep(Duration::from_millis(100));
     }
+    assert_eq!(inserted_ids(&fs::read_to_string(&out).unwrap()), vec![1, 2]);
+}
+
+#[test]
+fn no_keepalive_carries_a_position_the_standby_lacks() {
+    let dir = TestDir::new("standby_slot_names_keepalive");
+    let (primary, standby) = primary_holding_for_standby1(&dir);
+    primary.sql("CREATE DATABASE other");
+    primary.sql_in("other", "CREATE TABLE elsewhere (x int)");
+    primary.sql("SELECT pg_create_logical_replication_slot('recv', 'test_decoding')");
+    let out = dir.path.join("recv.out");
+    let mut receiver = Receiver::start(&primary, "recv", &out);
+    primary.sql("INSERT INTO t VALUES (1, 'standby up')");
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&1) {
+        assert!(
+            Instant::now() < deadline && receiver.running(),
+            "pg_recvlogical never got row 1"
+        );
+        sleep(Duration::from_millis(100));
+    }
+    standby.wait_for_catchup(&primary);
+
+    // The standby goes away; WAL keeps coming, none of it for this consumer.
+    standby.stop();
+    let flushed_by_standby =
+        primary.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'standby1'");
+    for i in 0..20 {
+        primary.sql_in("other", &format!("INSERT INTO elsewhere VALUES ({i})"));
+    }
+    let written = primary.sql("SELECT pg_current_wal_flush_lsn()");
+    // pg_recvlogical reports what it has every second (-s 1): give it time
+    // to confirm whatever position a keepalive told it.
+    sleep(Duration::from_secs(4));
+    assert!(receiver.running());
+    assert_eq!(
+        primary.sql(&format!(
+            "SELECT confirmed_flush_lsn <= '{flushed_by_standby}'
+               FROM pg_replication_slots WHERE slot_name = 'recv'"
+        )),
+        "t",
+        "the consumer confirmed {} (WAL written to {written}), past what the standby flushed ({flushed_by_standby})",
+        primary.sql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'recv'")
+    );
+
+    // Back: the consumer confirms on, and gets the next row once.
+    standby.start();
+    primary.sql("INSERT INTO t VALUES (2, 'standby back')");
+    primary.poll_query_until(
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name = 'recv'"
+        ),
+        "t",
+    );
     assert_eq!(inserted_ids(&fs::read_to_string(&out).unwrap()), vec![1, 2]);
 }
 

@@ -15,7 +15,8 @@
  * - ClientAuthentication_hook: in a database walsender, wraps PqCommMethods
  *   so that each XLogData message of a logical slot is held until the
  *   standbys named in sync_logical_slot.standby_slot_names have flushed the
- *   WAL it comes from;
+ *   WAL it comes from, and no keepalive tells the consumer of a position
+ *   past what they have flushed;
  * - ExecutorRun_hook: before a statement that calls a SQL decoding function
  *   runs, waits until the standbys have flushed all WAL there is;
  * - a SIGUSR1 wrapper in walsenders that notices the one procsignal that asks
@@ -81,6 +82,7 @@
 
 /* Rust: the decision, from shared memory and the settings; raises nothing. */
 extern int	sls_standbys_state(uint64 lsn, int waiter);
+extern uint64 sls_standbys_confirmed_upto(int waiter);
 /* Rust: logs once that the stop request cannot be told apart (see below). */
 extern void sls_warn_stop_detection(void);
 
@@ -215,10 +217,26 @@ watch_sigusr1(void)
 static const PQcommMethods *original_methods = NULL;
 
 /*
+ * The furthest position a keepalive may tell a logical consumer: walEnd, or
+ * what the named standbys have flushed if that is less. A consumer may
+ * confirm a keepalive's position (pg_recvlogical does), and WAL with nothing
+ * for it (another database's writes, records its plugin skips) is decoded,
+ * unheld, past the standbys' flush: confirmed there, after a failover it
+ * would skip the new primary's first transactions below that position.
+ */
+static XLogRecPtr
+keepalive_position(XLogRecPtr walEnd)
+{
+	uint64		upto = sls_standbys_confirmed_upto(SLS_WAITER_WALSENDER);
+
+	return Min((uint64) walEnd, upto);
+}
+
+/*
  * While held, the walsender's own loop sends no keepalives: send one a second
- * (walEnd = the end of the last record fully decoded, all of which was sent:
- * safe for the client to confirm), so that the client's wal_receiver_timeout
- * does not end a connection that is only waiting.
+ * (walEnd = the end of the last record fully decoded, as far as the
+ * standbys have it), so that the client's wal_receiver_timeout does not end
+ * a connection that is only waiting.
  */
 static void
 send_keepalive(void)
@@ -229,7 +247,7 @@ send_keepalive(void)
 	if (original_methods == NULL || MyWalSnd == NULL)
 		return;
 	msg[0] = 'k';
-	n = pg_hton64((uint64) MyWalSnd->sentPtr);
+	n = pg_hton64((uint64) keepalive_position(MyWalSnd->sentPtr));
 	memcpy(&msg[1], &n, 8);
 	n = pg_hton64((uint64) GetCurrentTimestamp());
 	memcpy(&msg[9], &n, 8);
@@ -416,22 +434,28 @@ static XLogRecPtr covered_start = InvalidXLogRecPtr;
  * load the walsender streams behind the standbys' flush, one round trip
  * late, without waiting per transaction.
  */
+/*
+ * Whether a logical slot streams now: the same connection also runs SQL and
+ * COPY (a table sync's rows are 'd' messages too, and one that starts with
+ * 'w' or 'k' is not XLogData or a keepalive).
+ */
+static bool
+streaming_logical(void)
+{
+	return MyWalSnd != NULL && MyReplicationSlot != NULL &&
+		SlotIsLogical(MyReplicationSlot) &&
+		(MyWalSnd->state == WALSNDSTATE_CATCHUP ||
+		 MyWalSnd->state == WALSNDSTATE_STREAMING ||
+		 MyWalSnd->state == WALSNDSTATE_STOPPING);
+}
+
 static void
 hold_xlogdata(XLogRecPtr lsn)
 {
 	XLogRecPtr	start;
 	XLogRecPtr	target;
 
-	/*
-	 * Only while a logical slot streams: the same connection also runs SQL
-	 * and COPY (a table sync's rows are 'd' messages too, and one that starts
-	 * with 'w' is not XLogData).
-	 */
-	if (MyWalSnd == NULL || MyReplicationSlot == NULL ||
-		!SlotIsLogical(MyReplicationSlot) ||
-		!(MyWalSnd->state == WALSNDSTATE_CATCHUP ||
-		  MyWalSnd->state == WALSNDSTATE_STREAMING ||
-		  MyWalSnd->state == WALSNDSTATE_STOPPING))
+	if (!streaming_logical())
 		return;
 
 	start = MyWalSnd->sentPtr;
@@ -494,18 +518,47 @@ sls_is_send_pending(void)
 	return original_methods->is_send_pending();
 }
 
+/*
+ * A logical walsender's keepalive ('k', walEnd, sendTime, replyRequested):
+ * the same message with walEnd no further than the standbys have flushed
+ * (keepalive_position), written to buf; otherwise the message as it is.
+ */
+static const char *
+keepalive_clamped(char msgtype, const char *s, size_t len, char *buf)
+{
+	uint64		n;
+	XLogRecPtr	walEnd;
+	XLogRecPtr	upto;
+
+	if (msgtype != 'd' || len != 1 + 8 + 8 + 1 || s[0] != 'k' || !streaming_logical())
+		return s;
+	memcpy(&n, &s[1], sizeof(n));
+	walEnd = (XLogRecPtr) pg_ntoh64(n);
+	upto = keepalive_position(walEnd);
+	if (upto == walEnd)
+		return s;
+	memcpy(buf, s, len);
+	n = pg_hton64((uint64) upto);
+	memcpy(&buf[1], &n, sizeof(n));
+	return buf;
+}
+
 static int
 sls_putmessage(char msgtype, const char *s, size_t len)
 {
+	char		buf[1 + 8 + 8 + 1];
+
 	xlogdata_message(msgtype, s, len);
-	return original_methods->putmessage(msgtype, s, len);
+	return original_methods->putmessage(msgtype, keepalive_clamped(msgtype, s, len, buf), len);
 }
 
 static void
 sls_putmessage_noblock(char msgtype, const char *s, size_t len)
 {
+	char		buf[1 + 8 + 8 + 1];
+
 	xlogdata_message(msgtype, s, len);
-	original_methods->putmessage_noblock(msgtype, s, len);
+	original_methods->putmessage_noblock(msgtype, keepalive_clamped(msgtype, s, len, buf), len);
 }
 
 static const PQcommMethods sls_methods = {

@@ -92,6 +92,47 @@ pub fn confirmed_by(states: &[(String, Result<Lsn, &'static str>)], lsn: Lsn, ne
         >= need
 }
 
+/// The `need`-th furthest flush among the usable standbys (pure): the
+/// position up to which `need` of them have everything. 0/0 when fewer than
+/// `need` can confirm.
+pub fn confirmed_upto(states: &[(String, Result<Lsn, &'static str>)], need: usize) -> Lsn {
+    let mut flushed: Vec<Lsn> = states.iter().filter_map(|(_, s)| s.ok()).collect();
+    flushed.sort_unstable_by(|a, b| b.cmp(a));
+    match need {
+        0 => Lsn(u64::MAX),
+        n => flushed.get(n - 1).copied().unwrap_or(Lsn(0)),
+    }
+}
+
+/// Called by hooks.c for a logical walsender's keepalives: the furthest
+/// position the named standbys have flushed (as sls_standbys_state counts
+/// them), so that no keepalive tells a consumer of a position past it;
+/// u64::MAX when nothing is to be checked, 0/0 while the setting does not
+/// parse or too few standbys can confirm.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn sls_standbys_confirmed_upto(waiter: c_int) -> u64 {
+    // SAFETY: reads shared state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return u64::MAX;
+    }
+    let Ok(names) = guc::standby_slot_names() else {
+        return 0;
+    };
+    let need = required(names.len(), guc::standby_slots_min_confirmed());
+    if need == 0 {
+        return u64::MAX;
+    }
+    if waiter == WAITER_WALSENDER {
+        if let Some(own) = slot::my_slot_name() {
+            if names.contains(&own) {
+                return u64::MAX;
+            }
+        }
+    }
+    confirmed_upto(&slot::standby_flush_positions(&names), need).0
+}
+
 /// Called by hooks.c's wait loop: whether enough named standbys have flushed
 /// `lsn` (CONFIRMED), or not yet (WAIT), or nothing is to be checked
 /// (UNCHECKED: this server is in recovery, no standby is named, or the
@@ -209,6 +250,23 @@ mod tests {
         assert_eq!(required(2, 1), 1);
         assert_eq!(required(2, 5), 2);
         assert_eq!(required(0, -1), 0);
+    }
+
+    #[test]
+    fn keepalives_go_as_far_as_enough_standbys_have_flushed() {
+        let states = vec![
+            ("a".to_string(), Ok(Lsn(300))),
+            ("b".to_string(), Ok(Lsn(100))),
+            ("c".to_string(), Err("does not exist")),
+        ];
+        assert_eq!(confirmed_upto(&states, 1), Lsn(300));
+        assert_eq!(confirmed_upto(&states, 2), Lsn(100));
+        assert_eq!(
+            confirmed_upto(&states, 3),
+            Lsn(0),
+            "a missing slot confirms nothing"
+        );
+        assert_eq!(confirmed_upto(&states, 0), Lsn(u64::MAX));
     }
 
     #[test]
