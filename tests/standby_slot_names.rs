@@ -143,8 +143,20 @@ fn no_keepalive_carries_a_position_the_standby_lacks() {
         primary.sql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'recv'")
     );
 
+    // A shutdown now, the standby still away, does not wait for ever on a
+    // consumer that cannot confirm what the walsender read (pg_ctl gives 60 s).
+    let started = Instant::now();
+    primary.stop();
+    println!(
+        "primary stopped in {:?} with its standby away",
+        started.elapsed()
+    );
+    primary.start();
+
     // Back: the consumer confirms on, and gets the next row once.
     standby.start();
+    drop(receiver);
+    let _receiver = Receiver::start(&primary, "recv", &out);
     primary.sql("INSERT INTO t VALUES (2, 'standby back')");
     primary.poll_query_until(
         &format!(
@@ -152,7 +164,13 @@ fn no_keepalive_carries_a_position_the_standby_lacks() {
         ),
         "t",
     );
-    assert_eq!(inserted_ids(&fs::read_to_string(&out).unwrap()), vec![1, 2]);
+    // Row 1 may come again: on 15 and 16 a restart may give a logical slot
+    // back an older confirmed position (the walsender does not mark it dirty
+    // when only that moved, so the shutdown checkpoint keeps the old one),
+    // and this consumer resumes from the slot. Row 2 comes once.
+    let ids = inserted_ids(&fs::read_to_string(&out).unwrap());
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1, "{ids:?}");
+    assert!(ids.iter().all(|&i| i == 1 || i == 2), "{ids:?}");
 }
 
 #[test]

@@ -537,6 +537,17 @@ keepalive_clamped(char msgtype, const char *s, size_t len, char *buf)
 	upto = keepalive_position(walEnd);
 	if (upto == walEnd)
 		return s;
+
+	/*
+	 * At shutdown the walsender exits only once its consumer has confirmed
+	 * everything it read, which this consumer is not told it may: it would
+	 * wait for ever. It ends instead, having sent nothing the standbys lack.
+	 */
+	if (stop_requested || MyWalSnd->state == WALSNDSTATE_STOPPING)
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("walsender stops before its consumer has confirmed all it read: the standbys lack that WAL (sync_logical_slot.standby_slot_names)"),
+				 errdetail("The server is shutting down; this walsender has sent nothing the standbys lack, and the consumer resumes from what it confirmed.")));
 	memcpy(buf, s, len);
 	n = pg_hton64((uint64) upto);
 	memcpy(&buf[1], &n, sizeof(n));
