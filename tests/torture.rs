@@ -8,16 +8,25 @@
 //!     │  test): its walreceiver and its sync worker both go through it
 //!     ├── slot recv (test_decoding) ◀── pg_recvlogical, its own position (--startpos)
 //!     ├── slot w2j  (wal2json v2)   ◀── pg_recvlogical, its own position (--startpos)
+//!     ├── slot tp   (test_decoding, two-phase) ◀── pg_recvlogical, its own position
 //!     └── slot sub  (pgoutput)      ◀── subscriber (a separate cluster, CREATE SUBSCRIPTION)
 //!  load: one-row transactions, subtransactions (a savepoint rolled back, one
-//!  released), a transaction held open across CHECKPOINTs, one transaction
+//!  released), two-phase transactions (PREPARE TRANSACTION, then COMMIT
+//!  PREPARED or, one in three, ROLLBACK PREPARED a few transactions later),
+//!  a transaction held open across CHECKPOINTs, one transaction
 //!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts
-//!  records), DDL once the long transaction is done (ALTER TABLE t ADD
-//!  COLUMN on the subscriber, then on the primary; CREATE TABLE)
+//!  records), DDL once the long transaction is done and nothing is prepared
+//!  (ALTER TABLE t ADD COLUMN on the subscriber, then on the primary; CREATE
+//!  TABLE); in three scenarios of four a transaction 'held' is prepared
+//!  shortly before the fault and committed (or rolled back) on the survivor
+//!  after the last failover, so the fault and every failover fall between
+//!  its PREPARE and its COMMIT PREPARED
 //! ```
 //! Each scenario picks one fault and its moments from the seed, injects it
 //! under load, then fails over to standby1 (the fault itself, or a kill -9 of
-//! the primary after it), and checks what follows. The faults: kill -9 of
+//! the primary after it; standby2 after two failovers, or when a quorum
+//! failover finds it the most advanced), and checks what follows. Thirteen
+//! faults, each once in any thirteen consecutive scenarios: kill -9 of
 //! the primary, of a standby, of a standby's worker; SIGSTOP of the
 //! primary; a standby restarted while the primary is down; the proxy
 //! cutting a standby's link (connections closed and refused), stalling it
@@ -27,15 +36,41 @@
 //! two successive failovers (standby2 cut first so that it is behind
 //! standby1, the primary killed, standby1 promoted holding its consumers
 //! for standby2, standby2 re-pointed to it and restarted, then standby1
-//! killed and standby2 promoted: the checks then run on standby2). After the
-//! faults the primary survives, the final kill -9 comes later. The checks:
+//! killed and standby2 promoted: the checks then run on standby2); a quorum
+//! failover (the primary holds its consumers for one of the two,
+//! `standby_slots_min_confirmed = 1`; one standby's link is cut, the load
+//! and consumers go on, the primary is killed, and the standby whose
+//! pg_last_wal_receive_lsn is further is promoted, as an HA manager picks
+//! it: the checks run there, and nothing may be lost); kill -9 of a
+//! standby's worker, or a cut of its link, inside a sync pass. After the
+//! faults the primary survives, the final kill -9 comes later.
+//!
+//! How "inside a sync pass" is aimed: the worker's connection goes through
+//! the proxy, which reads the queries it passes to the primary. The slot
+//! list (`... FROM pg_replication_slots WHERE (slot_type = 'logical' AND
+//! NOT temporary) ...`) begins a pass, the long poll
+//! (`sync_logical_slot_wait_for_change`) comes between passes, anything in
+//! between belongs to the pass (snapshot files, two_phase_at, a slot's
+//! restart_lsn: reads made between one slot's decision and the next). The
+//! proxy holds the worker's N-th query of a pass (N from the seed, 1 to 3),
+//! so the worker waits for the answer with its pass transaction open and
+//! part of it applied; then the worker is killed or the link cut, and the
+//! query let go. Every 3 s without a pass that far, one query earlier is
+//! taken; the notes say which query was caught, how long it took and how
+//! many passes went by (most passes read only the slot list, so N = 1 is
+//! where most land), or that none was and the fault struck unaimed. The
+//! checks:
 //! - every consumer received every row of the surviving timeline exactly once
 //!   after its own position: `lost`, `duplicated`, `phantom` (received, not
-//!   on the survivor);
+//!   on the survivor); the two-phase consumer counts a prepared
+//!   transaction's rows at its COMMIT PREPARED only, never those of one
+//!   rolled back (see "A consumer's own position");
 //! - `overpromised`: standby1 said ready, and decoding from its promoted copy
 //!   (moved to the consumer's own position) yields anything but exactly the
 //!   surviving rows the consumer did not have, or the copy is missing or
-//!   stands past the consumer's position;
+//!   stands past the consumer's position; or a consumer confirmed a
+//!   position past all the WAL the promoted standby received (its later
+//!   WAL is the new timeline's, which the consumer would skip up to there);
 //! - `stuck`: after a fault the primary survives, the standbys' status view
 //!   is verified again within a bound, and the copies are ready again; the
 //!   consumers reach the end of the load on the promoted server;
@@ -66,6 +101,14 @@
 //! keeps its complete transactions and moves the position to what it
 //! confirmed; one that confirmed nothing (killed, server gone) is dropped
 //! whole, as a consumer that commits its output and position together would.
+//! The two-phase consumer keeps, with its rows and position, the
+//! transactions it has prepared (BEGIN, changes, `PREPARE TRANSACTION
+//! 'gid'`: complete, held by gid); a later `COMMIT PREPARED 'gid'` adds their
+//! rows, `ROLLBACK PREPARED 'gid'` drops them. A PREPARE received twice
+//! would count its rows twice (`duplicated`), a COMMIT PREPARED without its
+//! PREPARE counts nothing (`lost`), a PREPARE of a transaction the survivor
+//! never committed is never counted. Across a failover it keeps what it
+//! holds, and the check of the promoted copy starts from it too.
 
 mod common;
 use common::*;
@@ -974,6 +1017,8 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
     // ROLLBACK PREPARED (false): each is resolved a few transactions
     // later, so that segments, passes and faults fall in between.
     let mut prepared: VecDeque<(String, bool)> = VecDeque::new();
+    // Every gid the load prepared, and how it ends.
+    let mut decided: BTreeMap<String, bool> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
     let mut i = 0u64;
     while control.wait_unpaused() {
@@ -1019,6 +1064,7 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
             id += 2;
             let gid = format!("p{a}");
             prepared.push_back((gid.clone(), (i / 7) % 3 != 2));
+            decided.insert(gid.clone(), (i / 7) % 3 != 2);
             format!(
                 "BEGIN; INSERT INTO t VALUES ({a}, 'p'); INSERT INTO t VALUES ({b}, 'p'); PREPARE TRANSACTION '{gid}'"
             )
@@ -1054,9 +1100,22 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
         let _ = c.kill();
         let _ = c.wait();
     }
-    // Before the end marker: nothing of the load left prepared.
+    // Before the end marker: nothing of the load left prepared. That
+    // includes one whose COMMIT PREPARED the old primary acknowledged but
+    // died before its standby had it: still prepared on the survivor.
     let port = control.port.load(Ordering::SeqCst);
     resolve_prepared(port, &mut prepared, 0);
+    let left = run_sql(
+        port,
+        "postgres",
+        "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'p%'",
+    )
+    .unwrap_or_default();
+    let mut again: VecDeque<(String, bool)> = left
+        .lines()
+        .map(|g| (g.to_string(), decided.get(g).copied().unwrap_or(true)))
+        .collect();
+    resolve_prepared(port, &mut again, 0);
 }
 
 /// COMMIT PREPARED or ROLLBACK PREPARED the oldest of `prepared` until at
@@ -1928,9 +1987,31 @@ fn failover(
         .unwrap_or_default();
     out.notes
         .push(format!("{} ready at failover: {ready} ({source})", to.name));
+    // Everything `to` has of the old timeline: no consumer may have
+    // confirmed past it (its later WAL is another timeline's, which the
+    // consumer would skip up to its position).
+    let received = to
+        .try_sql("SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| lsn(&v));
     to.promote();
     if let Err(e) = poll(to, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
         panic!("{} did not leave recovery: {e}", to.name);
+    }
+    if let Some(received) = received {
+        for c in consumers {
+            if c.position() > received {
+                out.overpromised += 1;
+                out.problem(format!(
+                    "overpromised: consumer {} confirmed {}, past all {} received of the old timeline ({})",
+                    c.slot,
+                    lsn_text(c.position()),
+                    to.name,
+                    lsn_text(received)
+                ));
+            }
+        }
     }
     if ready == "t" {
         for c in consumers {
