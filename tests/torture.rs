@@ -2306,18 +2306,27 @@ fn write_report(path: &Path, summary: &str, table: &str, failed: usize, runs: us
          reproducible from a seed: a primary and two standbys (physical slots,\n\
          hot_standby_feedback, `standby_slot_names` naming both, each behind a\n\
          TCP proxy that can cut, stall or slow its link), a write load\n\
-         (one-row transactions, subtransactions, a transaction held open across\n\
-         checkpoints, one transaction spilled past `logical_decoding_work_mem`,\n\
-         ALTER TABLE ADD COLUMN on the published table and CREATE TABLE),\n\
-         and three consumers that track their own position (pg_recvlogical with\n\
-         test_decoding, pg_recvlogical with wal2json, a subscription on a separate\n\
-         node). Each scenario injects one fault (kills, SIGSTOP, a cut, stalled or\n\
-         slow link, a switchover and back, two successive failovers), fails over\n\
-         (to standby1, or to standby2 after two failovers) and checks\n\
-         that every consumer got every surviving row exactly once after its own\n\
-         position, that a copy said ready decodes exactly that, that nothing is\n\
-         stuck or crash-looping, and that the standbys' pg_wal stays bounded.\n\
-         See the comment at the top of tests/torture.rs for what each column means.\n\n\
+         (one-row transactions, subtransactions, two-phase transactions committed\n\
+         or rolled back a few transactions after their PREPARE, a transaction\n\
+         held open across checkpoints, one transaction spilled past\n\
+         `logical_decoding_work_mem`, ALTER TABLE ADD COLUMN on the published\n\
+         table and CREATE TABLE; in most scenarios a transaction prepared before\n\
+         the fault and resolved after the failover), and four consumers that track\n\
+         their own position (pg_recvlogical with test_decoding, with test_decoding\n\
+         on a two-phase slot, with wal2json, and a subscription on a separate\n\
+         node). Each scenario injects one of thirteen faults (kills, SIGSTOP, a\n\
+         cut, stalled or slow link, a switchover and back, two successive\n\
+         failovers, a quorum failover with `standby_slots_min_confirmed = 1` to\n\
+         the most advanced standby, a worker killed or its link cut inside a sync\n\
+         pass), fails over (to standby1; to standby2 after two failovers, or when\n\
+         the quorum failover finds it ahead) and checks that every consumer got\n\
+         every surviving row exactly once after its own position (a prepared\n\
+         transaction's rows at its COMMIT PREPARED, never a rolled-back one's),\n\
+         that no consumer confirmed past the WAL the promoted standby had, that a\n\
+         copy said ready decodes exactly that, that nothing is stuck or\n\
+         crash-looping, and that the standbys' pg_wal stays bounded. See the\n\
+         comment at the top of tests/torture.rs for what each column means.\n\
+         \n\
          Produced by:\n\n```\n{command}\n```\n\n\
          on {pg}: {runs} scenarios, {failed} failed.\n\n```\n{summary}\n```\n\n{table}\n\
          A failing scenario is replayed with `scripts/torture --seed S --only K`.\n"
