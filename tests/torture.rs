@@ -8,16 +8,25 @@
 //!     │  test): its walreceiver and its sync worker both go through it
 //!     ├── slot recv (test_decoding) ◀── pg_recvlogical, its own position (--startpos)
 //!     ├── slot w2j  (wal2json v2)   ◀── pg_recvlogical, its own position (--startpos)
+//!     ├── slot tp   (test_decoding, two-phase) ◀── pg_recvlogical, its own position
 //!     └── slot sub  (pgoutput)      ◀── subscriber (a separate cluster, CREATE SUBSCRIPTION)
 //!  load: one-row transactions, subtransactions (a savepoint rolled back, one
-//!  released), a transaction held open across CHECKPOINTs, one transaction
+//!  released), two-phase transactions (PREPARE TRANSACTION, then COMMIT
+//!  PREPARED or, one in three, ROLLBACK PREPARED a few transactions later),
+//!  a transaction held open across CHECKPOINTs, one transaction
 //!  over logical_decoding_work_mem (spilled), CHECKPOINTs (running-xacts
-//!  records), DDL once the long transaction is done (ALTER TABLE t ADD
-//!  COLUMN on the subscriber, then on the primary; CREATE TABLE)
+//!  records), DDL once the long transaction is done and nothing is prepared
+//!  (ALTER TABLE t ADD COLUMN on the subscriber, then on the primary; CREATE
+//!  TABLE); in three scenarios of four a transaction 'held' is prepared
+//!  shortly before the fault and committed (or rolled back) on the survivor
+//!  after the last failover, so the fault and every failover fall between
+//!  its PREPARE and its COMMIT PREPARED
 //! ```
 //! Each scenario picks one fault and its moments from the seed, injects it
 //! under load, then fails over to standby1 (the fault itself, or a kill -9 of
-//! the primary after it), and checks what follows. The faults: kill -9 of
+//! the primary after it; standby2 after two failovers, or when a quorum
+//! failover finds it the most advanced), and checks what follows. Thirteen
+//! faults, each once in any thirteen consecutive scenarios: kill -9 of
 //! the primary, of a standby, of a standby's worker; SIGSTOP of the
 //! primary; a standby restarted while the primary is down; the proxy
 //! cutting a standby's link (connections closed and refused), stalling it
@@ -27,15 +36,41 @@
 //! two successive failovers (standby2 cut first so that it is behind
 //! standby1, the primary killed, standby1 promoted holding its consumers
 //! for standby2, standby2 re-pointed to it and restarted, then standby1
-//! killed and standby2 promoted: the checks then run on standby2). After the
-//! faults the primary survives, the final kill -9 comes later. The checks:
+//! killed and standby2 promoted: the checks then run on standby2); a quorum
+//! failover (the primary holds its consumers for one of the two,
+//! `standby_slots_min_confirmed = 1`; one standby's link is cut, the load
+//! and consumers go on, the primary is killed, and the standby whose
+//! pg_last_wal_receive_lsn is further is promoted, as an HA manager picks
+//! it: the checks run there, and nothing may be lost); kill -9 of a
+//! standby's worker, or a cut of its link, inside a sync pass. After the
+//! faults the primary survives, the final kill -9 comes later.
+//!
+//! How "inside a sync pass" is aimed: the worker's connection goes through
+//! the proxy, which reads the queries it passes to the primary. The slot
+//! list (`... FROM pg_replication_slots WHERE (slot_type = 'logical' AND
+//! NOT temporary) ...`) begins a pass, the long poll
+//! (`sync_logical_slot_wait_for_change`) comes between passes, anything in
+//! between belongs to the pass (snapshot files, two_phase_at, a slot's
+//! restart_lsn: reads made between one slot's decision and the next). The
+//! proxy holds the worker's N-th query of a pass (N from the seed, 1 to 3),
+//! so the worker waits for the answer with its pass transaction open and
+//! part of it applied; then the worker is killed or the link cut, and the
+//! query let go. Every 3 s without a pass that far, one query earlier is
+//! taken; the notes say which query was caught, how long it took and how
+//! many passes went by (most passes read only the slot list, so N = 1 is
+//! where most land), or that none was and the fault struck unaimed. The
+//! checks:
 //! - every consumer received every row of the surviving timeline exactly once
 //!   after its own position: `lost`, `duplicated`, `phantom` (received, not
-//!   on the survivor);
+//!   on the survivor); the two-phase consumer counts a prepared
+//!   transaction's rows at its COMMIT PREPARED only, never those of one
+//!   rolled back (see "A consumer's own position");
 //! - `overpromised`: standby1 said ready, and decoding from its promoted copy
 //!   (moved to the consumer's own position) yields anything but exactly the
 //!   surviving rows the consumer did not have, or the copy is missing or
-//!   stands past the consumer's position;
+//!   stands past the consumer's position; or a consumer confirmed a
+//!   position past all the WAL the promoted standby received (its later
+//!   WAL is the new timeline's, which the consumer would skip up to there);
 //! - `stuck`: after a fault the primary survives, the standbys' status view
 //!   is verified again within a bound, and the copies are ready again; the
 //!   consumers reach the end of the load on the promoted server;
@@ -66,10 +101,18 @@
 //! keeps its complete transactions and moves the position to what it
 //! confirmed; one that confirmed nothing (killed, server gone) is dropped
 //! whole, as a consumer that commits its output and position together would.
+//! The two-phase consumer keeps, with its rows and position, the
+//! transactions it has prepared (BEGIN, changes, `PREPARE TRANSACTION
+//! 'gid'`: complete, held by gid); a later `COMMIT PREPARED 'gid'` adds their
+//! rows, `ROLLBACK PREPARED 'gid'` drops them. A PREPARE received twice
+//! would count its rows twice (`duplicated`), a COMMIT PREPARED without its
+//! PREPARE counts nothing (`lost`), a PREPARE of a transaction the survivor
+//! never committed is never counted. Across a failover it keeps what it
+//! holds, and the check of the promoted copy starts from it too.
 
 mod common;
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -80,6 +123,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
+/// The ids of the transaction the scenario holds prepared (gid 'held').
+const HELD_ID: i64 = 1_500_000_000;
 /// The bound for "moves again": status view verified again, copies ready again.
 const STUCK_BOUND: Duration = Duration::from_secs(60);
 /// A pg_recvlogical segment is killed (and dropped) after this: below
@@ -138,9 +183,20 @@ enum Fault {
     /// kill -9 of the primary, standby1 promoted, standby2 re-pointed to
     /// follow it; then kill -9 of standby1, standby2 promoted.
     TwoFailovers,
+    /// The primary holds its consumers for one of the two standbys
+    /// (`standby_slots_min_confirmed = 1`); one standby's link is cut, the
+    /// load and consumers go on, kill -9 of the primary, and the standby
+    /// that received the most WAL is promoted (as an HA manager would).
+    QuorumFailover,
+    /// kill -9 of a standby's worker while it is inside a sync pass (held
+    /// by the proxy at one of the pass's queries to the primary).
+    MidPassWorkerKill9,
+    /// The proxy cuts a standby's link while its worker is inside a sync
+    /// pass (held at one of the pass's queries), then restores it.
+    MidPassProxyCut,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 13] = [
     Fault::PrimaryKill9,
     Fault::WorkerKill9,
     Fault::StandbyKill9Restart,
@@ -151,6 +207,9 @@ const FAULTS: [Fault; 10] = [
     Fault::ProxySlow,
     Fault::SwitchoverAndBack,
     Fault::TwoFailovers,
+    Fault::QuorumFailover,
+    Fault::MidPassWorkerKill9,
+    Fault::MidPassProxyCut,
 ];
 
 impl Fault {
@@ -170,6 +229,11 @@ impl Fault {
             Fault::TwoFailovers => {
                 "kill -9 primary, promote standby1, standby2 follows it; kill -9 standby1, promote standby2"
             }
+            Fault::QuorumFailover => {
+                "min_confirmed = 1, a standby's link cut, kill -9 primary, promote the most advanced standby"
+            }
+            Fault::MidPassWorkerKill9 => "kill -9 a standby's worker inside a sync pass",
+            Fault::MidPassProxyCut => "cut a standby's link inside a sync pass, restore it",
         }
     }
 }
@@ -204,6 +268,14 @@ struct Plan {
     /// When the DDL runs (ALTER TABLE t ADD COLUMN, CREATE TABLE), from
     /// the start of the load, once the long transaction has committed.
     ddl_at_ms: u64,
+    /// A transaction the scenario prepares (gid 'held') this long before
+    /// the fault and resolves on the survivor after the last failover:
+    /// Some(true) COMMIT PREPARED, Some(false) ROLLBACK PREPARED.
+    held_prepared: Option<bool>,
+    held_lead_ms: u64,
+    /// A mid-pass fault strikes while the worker waits on this query of a
+    /// pass (1: the slot list, 2 and on: reads for single slots).
+    pass_query: u64,
 }
 
 impl Plan {
@@ -231,9 +303,24 @@ impl Plan {
             stall: ProxyMode::Pass,
             slow_kbps: 0,
             ddl_at_ms: 0,
+            held_prepared: None,
+            held_lead_ms: 0,
+            pass_query: 1,
         }
         .with_big_at(r.range(0, fault_after_ms))
         .with_link(&mut r)
+        .with_two_phase(&mut r)
+    }
+    /// Drawn after the others too.
+    fn with_two_phase(mut self, r: &mut Rng) -> Plan {
+        self.held_prepared = match r.range(0, 3) {
+            0 => None,
+            3 => Some(false),
+            _ => Some(true),
+        };
+        self.held_lead_ms = r.range(0, 500);
+        self.pass_query = r.range(1, 3);
+        self
     }
     /// The spilled transaction runs before the fault (possibly still
     /// being decoded or held when it strikes).
@@ -320,6 +407,32 @@ impl Plan {
                     self.final_after_ms
                 );
             }
+            Fault::QuorumFailover => {
+                let _ = write!(
+                    s,
+                    "; standby{} cut {} ms before the kill",
+                    self.standby, self.down_ms
+                );
+            }
+            Fault::MidPassWorkerKill9 | Fault::MidPassProxyCut => {
+                let _ = write!(
+                    s,
+                    "; standby{} at query {} of a pass",
+                    self.standby, self.pass_query
+                );
+                if let Fault::MidPassProxyCut = self.fault {
+                    let _ = write!(s, ", cut {} ms", self.down_ms);
+                }
+                let _ = write!(s, "; final kill {} ms after recovery", self.final_after_ms);
+            }
+        }
+        if let Some(commit) = self.held_prepared {
+            let _ = write!(
+                s,
+                "; 'held' prepared {} ms before the fault, {} after the failover",
+                self.held_lead_ms,
+                if commit { "committed" } else { "rolled back" }
+            );
         }
         let _ = write!(s, "; {} ms of load after", self.after_failover_ms);
         s
@@ -471,38 +584,56 @@ fn compare(got: &[i64], expected: &BTreeSet<i64>) -> (u64, u64, u64, String) {
 enum Plugin {
     TestDecoding,
     Wal2json,
+    /// test_decoding on a slot made with two-phase decoding (`pg_recvlogical
+    /// --create-slot --two-phase`): a prepared transaction comes as BEGIN,
+    /// its changes and PREPARE TRANSACTION 'gid', then COMMIT PREPARED
+    /// 'gid' or ROLLBACK PREPARED 'gid' on its own.
+    TwoPhase,
 }
 
+/// The prepared transactions a two-phase consumer holds (gid: its rows),
+/// waiting for their COMMIT PREPARED or ROLLBACK PREPARED.
+type Prepared = BTreeMap<String, Vec<i64>>;
+
 impl Plugin {
+    /// The output plugin.
     fn name(self) -> &'static str {
+        match self {
+            Plugin::TestDecoding | Plugin::TwoPhase => "test_decoding",
+            Plugin::Wal2json => "wal2json",
+        }
+    }
+    /// What the checks call this consumer.
+    fn label(self) -> &'static str {
         match self {
             Plugin::TestDecoding => "test_decoding",
             Plugin::Wal2json => "wal2json",
+            Plugin::TwoPhase => "test_decoding --two-phase",
         }
     }
     /// pg_recvlogical's -o options and the same as SQL arguments.
     fn options(self) -> (&'static [&'static str], &'static str) {
         match self {
-            Plugin::TestDecoding => (&[], ""),
+            Plugin::TestDecoding | Plugin::TwoPhase => (&[], ""),
             Plugin::Wal2json => (&["-o", "format-version=2"], ", 'format-version', '2'"),
         }
     }
     fn is_begin(self, line: &str) -> bool {
         match self {
-            Plugin::TestDecoding => line.starts_with("BEGIN"),
+            Plugin::TestDecoding | Plugin::TwoPhase => line.starts_with("BEGIN"),
             Plugin::Wal2json => line.starts_with("{\"action\":\"B\""),
         }
     }
     fn is_commit(self, line: &str) -> bool {
         match self {
-            Plugin::TestDecoding => line.starts_with("COMMIT"),
+            Plugin::TestDecoding | Plugin::TwoPhase => line.starts_with("COMMIT"),
             Plugin::Wal2json => line.starts_with("{\"action\":\"C\""),
         }
     }
     /// The id of a row inserted into table t, if `line` is one.
     fn inserted_id(self, line: &str) -> Option<i64> {
         let rest = match self {
-            Plugin::TestDecoding => {
+            Plugin::TestDecoding | Plugin::TwoPhase => {
                 if !line.contains("table public.t: INSERT:") {
                     return None;
                 }
@@ -523,14 +654,33 @@ impl Plugin {
             .collect();
         digits.parse().ok()
     }
-    /// The ids of the complete transactions in `text` (one message a line);
-    /// a transaction without its commit is left out.
-    fn complete_ids(self, text: &str) -> (Vec<i64>, u64) {
+    /// The ids of the complete transactions in `text` (one message a line)
+    /// and how many there are; a transaction without its commit is left
+    /// out. For a consumer that holds `prepared` (two-phase): a
+    /// transaction that ends in PREPARE TRANSACTION is complete and joins
+    /// `prepared`, its rows counted only at its COMMIT PREPARED (in this
+    /// text or a later one) and dropped at its ROLLBACK PREPARED. A
+    /// PREPARE of a gid already held adds its rows again (counted twice at
+    /// the commit: `duplicated`); a COMMIT PREPARED of a gid not held
+    /// counts nothing (its rows are `lost`).
+    fn apply(self, text: &str, prepared: &mut Prepared) -> (Vec<i64>, u64) {
         let mut ids = Vec::new();
         let mut pending: Option<Vec<i64>> = None;
         let mut txns = 0;
         for line in text.lines() {
-            if self.is_begin(line) {
+            let two_phase = self == Plugin::TwoPhase;
+            if two_phase && line.starts_with("PREPARE TRANSACTION ") {
+                if let Some(p) = pending.take() {
+                    prepared.entry(gid(line)).or_default().extend(p);
+                    txns += 1;
+                }
+            } else if two_phase && line.starts_with("COMMIT PREPARED ") {
+                ids.extend(prepared.remove(&gid(line)).unwrap_or_default());
+                txns += 1;
+            } else if two_phase && line.starts_with("ROLLBACK PREPARED ") {
+                prepared.remove(&gid(line));
+                txns += 1;
+            } else if self.is_begin(line) {
                 pending = Some(Vec::new());
             } else if self.is_commit(line) {
                 if let Some(p) = pending.take() {
@@ -549,6 +699,12 @@ impl Plugin {
     }
 }
 
+/// The gid of test_decoding's `PREPARE TRANSACTION 'gid', txid N` (and of
+/// COMMIT PREPARED, ROLLBACK PREPARED): the quoted literal.
+fn gid(line: &str) -> String {
+    line.split('\'').nth(1).unwrap_or_default().to_string()
+}
+
 /// What a consumer has: its own position and every row it kept.
 struct Received {
     position: u64,
@@ -557,6 +713,13 @@ struct Received {
     dropped_segments: u64,
     /// The rows of the last segment kept that had any.
     last_kept: Vec<i64>,
+    /// A two-phase consumer's prepared transactions, not yet committed
+    /// or rolled back (kept, as its rows and position, only from segments
+    /// that confirmed something).
+    prepared: Prepared,
+    /// PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED messages
+    /// in the segments kept (shown in the notes).
+    two_phase_messages: [u64; 3],
 }
 
 struct Control {
@@ -619,6 +782,8 @@ impl Consumer {
             segments: 0,
             dropped_segments: 0,
             last_kept: Vec::new(),
+            prepared: Prepared::new(),
+            two_phase_messages: [0; 3],
         }));
         let (c, r, d) = (control.clone(), received.clone(), dir.to_path_buf());
         let thread = std::thread::spawn(move || consume(&d, slot, plugin, &c, &r));
@@ -739,7 +904,18 @@ fn consume(dir: &Path, slot: &str, plugin: Plugin, control: &Control, received: 
         r.segments += 1;
         match confirmed {
             Some(c) => {
-                let (ids, txns) = plugin.complete_ids(&text);
+                let (ids, txns) = plugin.apply(&text, &mut r.prepared);
+                for (i, what) in [
+                    "PREPARE TRANSACTION ",
+                    "COMMIT PREPARED ",
+                    "ROLLBACK PREPARED ",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    r.two_phase_messages[i] +=
+                        text.lines().filter(|l| l.starts_with(what)).count() as u64;
+                }
                 note(format!(
                     "segment {n} on port {port}: {} to {} ({status}): confirmed {}, kept {txns} transactions, {} rows",
                     lsn_text(start),
@@ -837,12 +1013,28 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
     id += 1;
     let mut big_done = false;
     let mut ddl_done = false;
+    // Prepared transactions waiting for their COMMIT PREPARED (true) or
+    // ROLLBACK PREPARED (false): each is resolved a few transactions
+    // later, so that segments, passes and faults fall in between.
+    let mut prepared: VecDeque<(String, bool)> = VecDeque::new();
+    // Every gid the load prepared, and how it ends.
+    let mut decided: BTreeMap<String, bool> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
     let mut i = 0u64;
     while control.wait_unpaused() {
         let port = control.port.load(Ordering::SeqCst);
         let ms = begun.elapsed().as_millis() as u64;
         if !ddl_done && long.is_none() && ms >= ddl_at_ms {
+            // Nothing prepared may hold a lock on t: the load's own are
+            // resolved now; one the scenario holds (gid 'held') postpones it.
+            resolve_prepared(port, &mut prepared, 0);
+        }
+        if !ddl_done
+            && long.is_none()
+            && ms >= ddl_at_ms
+            && run_sql(port, "postgres", "SELECT count(*) FROM pg_prepared_xacts").as_deref()
+                == Ok("0")
+        {
             // DDL on the published table, the subscriber first (as one
             // must), and a new table: decoding after it needs the new
             // catalog rows, which the copies' catalog_xmin must keep.
@@ -865,6 +1057,17 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
             );
             id += 3000;
             s
+        } else if i % 7 == 5 {
+            // Two-phase: PREPARE TRANSACTION now, COMMIT PREPARED (or, one
+            // in three, ROLLBACK PREPARED) a few transactions later.
+            let (a, b) = (id, id + 1);
+            id += 2;
+            let gid = format!("p{a}");
+            prepared.push_back((gid.clone(), (i / 7) % 3 != 2));
+            decided.insert(gid.clone(), (i / 7) % 3 != 2);
+            format!(
+                "BEGIN; INSERT INTO t VALUES ({a}, 'p'); INSERT INTO t VALUES ({b}, 'p'); PREPARE TRANSACTION '{gid}'"
+            )
         } else if i % 7 == 3 {
             // Subtransactions: b is rolled back, a, c, d commit.
             let (a, b, c, d) = (id, id + 1, id + 2, id + 3);
@@ -879,6 +1082,7 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
             format!("INSERT INTO t VALUES ({}, 'w')", id - 1)
         };
         let _ = run_sql(port, "postgres", &sql);
+        resolve_prepared(port, &mut prepared, 2);
         if last_checkpoint.elapsed() > Duration::from_millis(700) {
             let _ = run_sql(port, "postgres", "CHECKPOINT");
             last_checkpoint = Instant::now();
@@ -895,6 +1099,39 @@ fn load(control: &Control, subscriber: u16, first_id: i64, times: (u64, u64, u64
     if let Some(mut c) = long.take() {
         let _ = c.kill();
         let _ = c.wait();
+    }
+    // Before the end marker: nothing of the load left prepared. That
+    // includes one whose COMMIT PREPARED the old primary acknowledged but
+    // died before its standby had it: still prepared on the survivor.
+    let port = control.port.load(Ordering::SeqCst);
+    resolve_prepared(port, &mut prepared, 0);
+    let left = run_sql(
+        port,
+        "postgres",
+        "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'p%'",
+    )
+    .unwrap_or_default();
+    let mut again: VecDeque<(String, bool)> = left
+        .lines()
+        .map(|g| (g.to_string(), decided.get(g).copied().unwrap_or(true)))
+        .collect();
+    resolve_prepared(port, &mut again, 0);
+}
+
+/// COMMIT PREPARED or ROLLBACK PREPARED the oldest of `prepared` until at
+/// most `keep` are left. One the server does not have (its PREPARE died
+/// with a primary) is forgotten; one that fails otherwise (the server
+/// gone) is kept for later, on whichever server the load is on by then.
+fn resolve_prepared(port: u16, prepared: &mut VecDeque<(String, bool)>, keep: usize) {
+    while prepared.len() > keep {
+        let (gid, commit) = prepared.front().cloned().expect("not empty");
+        let how = if commit { "COMMIT" } else { "ROLLBACK" };
+        match run_sql(port, "postgres", &format!("{how} PREPARED '{gid}'")) {
+            Ok(_) => {}
+            Err(e) if e.contains("does not exist") => {}
+            Err(_) => return,
+        }
+        prepared.pop_front();
     }
 }
 
@@ -927,6 +1164,15 @@ struct ProxyShared {
     bytes: AtomicU64,
     /// Both ends of every connection, to close them on a cut.
     conns: Mutex<Vec<TcpStream>>,
+    /// The mid-pass trap: 0 disarmed; n > 0 holds the worker's n-th query
+    /// of a sync pass (or a later one of the same pass) from the primary,
+    /// until disarmed (see `Proxy::catch_mid_pass`).
+    trap_query: AtomicU64,
+    /// What the trap caught: which query of a pass, its text.
+    caught: Mutex<Option<String>>,
+    /// Since the trap was armed: the passes begun, the most queries one had.
+    passes: AtomicU64,
+    most_queries: AtomicU64,
 }
 
 impl ProxyShared {
@@ -969,6 +1215,10 @@ impl Proxy {
             connections: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
+            trap_query: AtomicU64::new(0),
+            caught: Mutex::new(None),
+            passes: AtomicU64::new(0),
+            most_queries: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let thread = std::thread::spawn(move || {
@@ -1020,8 +1270,56 @@ impl Proxy {
             self.shared.close_all();
         }
     }
+    /// Waits until the standby's worker is inside a sync pass, and holds it
+    /// there: its `want`-th query of a pass (or a later one of the same
+    /// pass) is held, not passed to the primary, so the worker waits for
+    /// the answer with the pass half done. Every `step` without a pass
+    /// that far, one query earlier is taken (down to the first, the slot
+    /// list). Returns what was caught, with the passes seen meanwhile, or
+    /// an Err saying so after `want` steps (the fault then strikes
+    /// unaimed). `release` lets the held query go.
+    fn catch_mid_pass(&self, want: u64, step: Duration) -> Result<String, String> {
+        let sh = &self.shared;
+        *sh.caught.lock().unwrap() = None;
+        sh.passes.store(0, Ordering::SeqCst);
+        sh.most_queries.store(0, Ordering::SeqCst);
+        let want = want.max(1);
+        sh.trap_query.store(want, Ordering::SeqCst);
+        let began = Instant::now();
+        let seen = || {
+            format!(
+                "{} passes begun meanwhile, at most {} queries in one",
+                sh.passes.load(Ordering::SeqCst),
+                sh.most_queries.load(Ordering::SeqCst)
+            )
+        };
+        loop {
+            if let Some(c) = sh.caught.lock().unwrap().clone() {
+                return Ok(format!(
+                    "{c} ({} ms after arming for query {want}; {})",
+                    began.elapsed().as_millis(),
+                    seen()
+                ));
+            }
+            let steps = (began.elapsed().as_millis() / step.as_millis().max(1)) as u64;
+            if steps >= want {
+                self.release();
+                return Err(format!(
+                    "no pass caught within {} ms ({})",
+                    began.elapsed().as_millis(),
+                    seen()
+                ));
+            }
+            sh.trap_query.store(want - steps, Ordering::SeqCst);
+            sleep(Duration::from_millis(2));
+        }
+    }
+    fn release(&self) {
+        self.shared.trap_query.store(0, Ordering::SeqCst);
+    }
     fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.release();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -1041,6 +1339,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, stalled_by: ProxyMode, sh: &Prox
     use std::io::{Read, Write};
     let mut buf = vec![0u8; 64 * 1024];
     let held = |m: ProxyMode| m == stalled_by || m == ProxyMode::StallBoth;
+    // Toward the primary: which query of a sync pass this connection is at
+    // (0: not in a pass). Only the worker sends these queries; each is one
+    // simple-protocol Query message ('Q'), written whole before it waits.
+    let to_primary = stalled_by == ProxyMode::StallToPrimary;
+    let mut pass_query = 0u64;
     loop {
         // Not reading while held: the sender's socket buffer fills, as on a dead link.
         while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
@@ -1055,6 +1358,43 @@ fn pump(mut from: TcpStream, mut to: TcpStream, stalled_by: ProxyMode, sh: &Prox
         // Read just before a stall: held here until it ends.
         while held(sh.mode()) && !sh.stop.load(Ordering::SeqCst) {
             sleep(Duration::from_millis(10));
+        }
+        if to_primary && n > 5 && buf[0] == b'Q' {
+            let text = String::from_utf8_lossy(&buf[5..n]);
+            if text.contains("wait_for_change") {
+                // The long poll: between passes.
+                pass_query = 0;
+            } else if text.contains("slot_type = 'logical' AND NOT temporary") {
+                // The slot list: a pass begins.
+                pass_query = 1;
+                sh.passes.fetch_add(1, Ordering::SeqCst);
+            } else if pass_query > 0 {
+                pass_query += 1;
+            }
+            sh.most_queries.fetch_max(pass_query, Ordering::SeqCst);
+            let want = sh.trap_query.load(Ordering::SeqCst);
+            if want > 0 && pass_query >= want {
+                let mut caught = sh.caught.lock().unwrap();
+                if caught.is_none() {
+                    let q: String = text
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(70)
+                        .collect();
+                    *caught = Some(format!(
+                        "the worker held at query {pass_query} of a pass: {q}"
+                    ));
+                    drop(caught);
+                    // Held until released: the worker waits for the answer.
+                    while sh.trap_query.load(Ordering::SeqCst) > 0
+                        && !sh.stop.load(Ordering::SeqCst)
+                    {
+                        sleep(Duration::from_millis(2));
+                    }
+                }
+            }
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
@@ -1071,7 +1411,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, stalled_by: ProxyMode, sh: &Prox
 
 // ---------------------------------------------------------------- a scenario
 
-const SLOTS: [(&str, Plugin); 2] = [("recv", Plugin::TestDecoding), ("w2j", Plugin::Wal2json)];
+const SLOTS: [(&str, Plugin); 3] = [
+    ("recv", Plugin::TestDecoding),
+    ("w2j", Plugin::Wal2json),
+    ("tp", Plugin::TwoPhase),
+];
 
 fn run_scenario(seed: u64, k: u64, out: &mut Outcome) {
     let plan = Plan::new(seed, k);
@@ -1096,6 +1440,10 @@ fn run_scenario(seed: u64, k: u64, out: &mut Outcome) {
 logical_decoding_work_mem = 64kB
 max_prepared_transactions = 10"
     ));
+    if let Fault::QuorumFailover = plan.fault {
+        // Consumers wait for one of the two standbys only.
+        primary.append_conf("sync_logical_slot.standby_slots_min_confirmed = 1");
+    }
     if has_output_plugin_libraries() {
         // Minor releases since August 2026 load only the output plugins listed.
         primary.append_conf("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'");
@@ -1147,10 +1495,27 @@ max_prepared_transactions = 10"
             .push("no wal2json.so in this PostgreSQL: its consumer is left out".into());
     }
     for (slot, plugin) in slots {
-        let at = primary.sql(&format!(
-            "SELECT lsn FROM pg_create_logical_replication_slot('{slot}', '{}')",
-            plugin.name()
-        ));
+        let at = if plugin == Plugin::TwoPhase {
+            // As its consumer would make it: pg_recvlogical --create-slot --two-phase.
+            let mut cmd = pg_command("pg_recvlogical");
+            cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+                .args(["-p", &primary.port.to_string(), "-S", slot])
+                .args(["-P", plugin.name(), "--create-slot", "--two-phase"]);
+            let done = cmd.output().expect("pg_recvlogical --create-slot");
+            assert!(
+                done.status.success(),
+                "pg_recvlogical --create-slot --two-phase: {}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+            primary.sql(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}' AND two_phase"
+            ))
+        } else {
+            primary.sql(&format!(
+                "SELECT lsn FROM pg_create_logical_replication_slot('{slot}', '{}')",
+                plugin.name()
+            ))
+        };
         consumers.push(Consumer::start(
             &dir.path,
             primary.port,
@@ -1189,7 +1554,23 @@ max_prepared_transactions = 10"
     // Load and the fault.
     let mut load = Load::start(primary.port, subscriber.port, 1000, &plan);
     let lag = plan.consumer_lag_ms.min(plan.fault_after_ms);
-    sleep(Duration::from_millis(plan.fault_after_ms - lag));
+    let lead = plan
+        .held_prepared
+        .map_or(0, |_| plan.held_lead_ms.min(plan.fault_after_ms - lag));
+    sleep(Duration::from_millis(plan.fault_after_ms - lag - lead));
+    if plan.held_prepared.is_some() {
+        // Prepared before the fault, resolved on the survivor after the
+        // last failover: the fault and the failover fall between its
+        // PREPARE and its COMMIT PREPARED (or ROLLBACK PREPARED).
+        let held = primary.try_sql(&format!(
+            "BEGIN; INSERT INTO t VALUES ({HELD_ID}, 'held'), ({}, 'held'); PREPARE TRANSACTION 'held'",
+            HELD_ID + 1
+        ));
+        if let Err(e) = held {
+            out.notes.push(format!("'held' not prepared: {e}"));
+        }
+        sleep(Duration::from_millis(lead));
+    }
     if lag > 0 {
         for c in &consumers {
             c.control.pause();
@@ -1202,8 +1583,41 @@ max_prepared_transactions = 10"
     } else {
         &standby2
     };
+    // Who is promoted last, where the checks run.
+    let mut survivor_is_standby2 = matches!(plan.fault, Fault::TwoFailovers);
     match plan.fault {
         Fault::PrimaryKill9 => primary.kill9(),
+        Fault::QuorumFailover => {
+            // One standby falls behind, the consumers (held for either)
+            // read on; then the primary dies and the standby that received
+            // the most WAL is promoted, as an HA manager picks it.
+            proxies[plan.standby as usize - 1].set(ProxyMode::Down);
+            for c in &consumers {
+                c.control.resume_on(primary.port);
+            }
+            sleep(Duration::from_millis(plan.down_ms));
+            if lag > 0 {
+                for c in &consumers {
+                    c.control.pause();
+                }
+                sleep(Duration::from_millis(lag));
+            }
+            primary.kill9();
+            let received = |s: &Node| {
+                s.try_sql("SELECT pg_last_wal_receive_lsn()")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map_or(0, |v| lsn(&v))
+            };
+            let (at1, at2) = (received(&standby1), received(&standby2));
+            survivor_is_standby2 = at2 > at1;
+            out.notes.push(format!(
+                "quorum: standby1 received {}, standby2 {}: standby{} promoted",
+                lsn_text(at1),
+                lsn_text(at2),
+                if survivor_is_standby2 { 2 } else { 1 }
+            ));
+        }
         Fault::StandbyRestartWhilePrimaryDown => {
             primary.kill9();
             sleep(Duration::from_millis(plan.down_ms));
@@ -1266,6 +1680,8 @@ max_prepared_transactions = 10"
             standby1.kill9();
         }
         Fault::WorkerKill9
+        | Fault::MidPassWorkerKill9
+        | Fault::MidPassProxyCut
         | Fault::StandbyKill9Restart
         | Fault::PrimarySigstop
         | Fault::ProxyCut
@@ -1285,6 +1701,29 @@ max_prepared_transactions = 10"
                     kill("-9", &pid);
                     *reinitialized.entry(hit_name(plan.standby)).or_default() += 1;
                     resume();
+                }
+                Fault::MidPassWorkerKill9 | Fault::MidPassProxyCut => {
+                    // Aimed: the proxy holds one of the worker's queries of
+                    // a pass, so the fault strikes with the pass half done.
+                    let proxy = &proxies[plan.standby as usize - 1];
+                    let pid = hit.worker_pid();
+                    let caught = proxy.catch_mid_pass(plan.pass_query, Duration::from_secs(3));
+                    out.notes.push(match caught {
+                        Ok(c) => format!("mid-pass: {c}"),
+                        Err(e) => format!("mid-pass: {e}: the fault struck unaimed"),
+                    });
+                    if let Fault::MidPassWorkerKill9 = plan.fault {
+                        kill("-9", &pid);
+                        *reinitialized.entry(hit_name(plan.standby)).or_default() += 1;
+                        proxy.release();
+                        resume();
+                    } else {
+                        proxy.set(ProxyMode::Down);
+                        proxy.release();
+                        resume();
+                        sleep(Duration::from_millis(plan.down_ms));
+                        proxy.set(ProxyMode::Pass);
+                    }
                 }
                 Fault::StandbyKill9Restart => {
                     hit.kill9();
@@ -1382,11 +1821,24 @@ max_prepared_transactions = 10"
         }
     }
 
-    let survivor = match plan.fault {
-        Fault::TwoFailovers => &standby2,
-        _ => &standby1,
+    let survivor = if survivor_is_standby2 {
+        &standby2
+    } else {
+        &standby1
     };
     failover(survivor, "", &load, &consumers, &subscriber, out);
+    if let Some(commit) = plan.held_prepared {
+        let how = if commit { "COMMIT" } else { "ROLLBACK" };
+        let done = survivor.try_sql(&format!("{how} PREPARED 'held'"));
+        out.notes.push(format!(
+            "'held': {how} PREPARED on {}: {}",
+            survivor.name,
+            match done {
+                Ok(_) => "done".to_string(),
+                Err(e) => e.lines().next().unwrap_or("").to_string(),
+            }
+        ));
+    }
     sleep(Duration::from_millis(plan.after_failover_ms));
     load.stop();
 
@@ -1431,7 +1883,18 @@ max_prepared_transactions = 10"
                 "{}: {} segments, {} dropped",
                 c.slot, r.segments, r.dropped_segments
             ));
-            (format!("pg_recvlogical {}", c.plugin.name()), r.ids.clone())
+            if c.plugin == Plugin::TwoPhase {
+                let [p, cp, rp] = r.two_phase_messages;
+                out.notes.push(format!(
+                    "{}: {p} PREPARE TRANSACTION, {cp} COMMIT PREPARED, {rp} ROLLBACK PREPARED kept; still prepared at the end: {:?}",
+                    c.slot,
+                    r.prepared.keys().collect::<Vec<_>>()
+                ));
+            }
+            (
+                format!("pg_recvlogical {}", c.plugin.label()),
+                r.ids.clone(),
+            )
         })
         .collect();
     checks.push((
@@ -1524,9 +1987,31 @@ fn failover(
         .unwrap_or_default();
     out.notes
         .push(format!("{} ready at failover: {ready} ({source})", to.name));
+    // Everything `to` has of the old timeline: no consumer may have
+    // confirmed past it (its later WAL is another timeline's, which the
+    // consumer would skip up to its position).
+    let received = to
+        .try_sql("SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| lsn(&v));
     to.promote();
     if let Err(e) = poll(to, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
         panic!("{} did not leave recovery: {e}", to.name);
+    }
+    if let Some(received) = received {
+        for c in consumers {
+            if c.position() > received {
+                out.overpromised += 1;
+                out.problem(format!(
+                    "overpromised: consumer {} confirmed {}, past all {} received of the old timeline ({})",
+                    c.slot,
+                    lsn_text(c.position()),
+                    to.name,
+                    lsn_text(received)
+                ));
+            }
+        }
     }
     if ready == "t" {
         for c in consumers {
@@ -1668,7 +2153,18 @@ fn check_promoted_copy(promoted: &Node, c: &Consumer, out: &mut Outcome) {
             return;
         }
     };
-    let (got, _) = c.plugin.complete_ids(&decoded);
+    // From what the consumer holds: its rows, and (two-phase) the
+    // transactions it has prepared, whose COMMIT PREPARED may come now.
+    let mut prepared = c.received.lock().unwrap().prepared.clone();
+    if c.plugin == Plugin::TwoPhase {
+        out.notes.push(format!(
+            "{} held {} prepared transactions at the failover ({})",
+            c.slot,
+            prepared.len(),
+            prepared.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let (got, _) = c.plugin.apply(&decoded, &mut prepared);
     let have: BTreeSet<i64> = c.ids().into_iter().collect();
     let want: BTreeSet<i64> = table_ids(promoted, "postgres")
         .into_iter()
@@ -1810,18 +2306,27 @@ fn write_report(path: &Path, summary: &str, table: &str, failed: usize, runs: us
          reproducible from a seed: a primary and two standbys (physical slots,\n\
          hot_standby_feedback, `standby_slot_names` naming both, each behind a\n\
          TCP proxy that can cut, stall or slow its link), a write load\n\
-         (one-row transactions, subtransactions, a transaction held open across\n\
-         checkpoints, one transaction spilled past `logical_decoding_work_mem`,\n\
-         ALTER TABLE ADD COLUMN on the published table and CREATE TABLE),\n\
-         and three consumers that track their own position (pg_recvlogical with\n\
-         test_decoding, pg_recvlogical with wal2json, a subscription on a separate\n\
-         node). Each scenario injects one fault (kills, SIGSTOP, a cut, stalled or\n\
-         slow link, a switchover and back, two successive failovers), fails over\n\
-         (to standby1, or to standby2 after two failovers) and checks\n\
-         that every consumer got every surviving row exactly once after its own\n\
-         position, that a copy said ready decodes exactly that, that nothing is\n\
-         stuck or crash-looping, and that the standbys' pg_wal stays bounded.\n\
-         See the comment at the top of tests/torture.rs for what each column means.\n\n\
+         (one-row transactions, subtransactions, two-phase transactions committed\n\
+         or rolled back a few transactions after their PREPARE, a transaction\n\
+         held open across checkpoints, one transaction spilled past\n\
+         `logical_decoding_work_mem`, ALTER TABLE ADD COLUMN on the published\n\
+         table and CREATE TABLE; in most scenarios a transaction prepared before\n\
+         the fault and resolved after the failover), and four consumers that track\n\
+         their own position (pg_recvlogical with test_decoding, with test_decoding\n\
+         on a two-phase slot, with wal2json, and a subscription on a separate\n\
+         node). Each scenario injects one of thirteen faults (kills, SIGSTOP, a\n\
+         cut, stalled or slow link, a switchover and back, two successive\n\
+         failovers, a quorum failover with `standby_slots_min_confirmed = 1` to\n\
+         the most advanced standby, a worker killed or its link cut inside a sync\n\
+         pass), fails over (to standby1; to standby2 after two failovers, or when\n\
+         the quorum failover finds it ahead) and checks that every consumer got\n\
+         every surviving row exactly once after its own position (a prepared\n\
+         transaction's rows at its COMMIT PREPARED, never a rolled-back one's),\n\
+         that no consumer confirmed past the WAL the promoted standby had, that a\n\
+         copy said ready decodes exactly that, that nothing is stuck or\n\
+         crash-looping, and that the standbys' pg_wal stays bounded. See the\n\
+         comment at the top of tests/torture.rs for what each column means.\n\
+         \n\
          Produced by:\n\n```\n{command}\n```\n\n\
          on {pg}: {runs} scenarios, {failed} failed.\n\n```\n{summary}\n```\n\n{table}\n\
          A failing scenario is replayed with `scripts/torture --seed S --only K`.\n"
