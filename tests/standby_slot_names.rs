@@ -26,6 +26,18 @@ use std::time::{Duration, Instant};
 const GET: &str =
     "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('sql', NULL, NULL)";
 
+/// Waits until pg_recvlogical (still running) has written row `id` to `out`.
+fn wait_for_row(out: &std::path::Path, receiver: &mut Receiver, id: i64) {
+    let deadline = Instant::now() + DEADLINE;
+    while !inserted_ids(&fs::read_to_string(out).unwrap_or_default()).contains(&id) {
+        assert!(
+            Instant::now() < deadline && receiver.running(),
+            "pg_recvlogical never got row {id}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn consumers_get_nothing_the_standby_lacks() {
     let dir = TestDir::new("standby_slot_names");
@@ -56,14 +68,7 @@ fn consumers_get_nothing_the_standby_lacks() {
     primary.sql("INSERT INTO t VALUES (1, 'standby up')");
     subscriber.poll_query_until("SELECT count(*) FROM t", "1");
     assert!(primary.sql(GET).contains("id[integer]:1 "));
-    let deadline = Instant::now() + DEADLINE;
-    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&1) {
-        assert!(
-            Instant::now() < deadline && receiver.running(),
-            "pg_recvlogical never got row 1"
-        );
-        sleep(Duration::from_millis(100));
-    }
+    wait_for_row(&out, &mut receiver, 1);
 
     // The standby goes away: row 2 reaches no consumer.
     standby.stop();
@@ -111,14 +116,7 @@ fn no_keepalive_carries_a_position_the_standby_lacks() {
     let out = dir.path.join("recv.out");
     let mut receiver = Receiver::start(&primary, "recv", &out);
     primary.sql("INSERT INTO t VALUES (1, 'standby up')");
-    let deadline = Instant::now() + DEADLINE;
-    while !inserted_ids(&fs::read_to_string(&out).unwrap_or_default()).contains(&1) {
-        assert!(
-            Instant::now() < deadline && receiver.running(),
-            "pg_recvlogical never got row 1"
-        );
-        sleep(Duration::from_millis(100));
-    }
+    wait_for_row(&out, &mut receiver, 1);
     standby.wait_for_catchup(&primary);
 
     // The standby goes away; WAL keeps coming, none of it for this consumer.
