@@ -7,9 +7,10 @@
  * field (schema, table, column, datatype and constraint names, context,
  * position, location) and with no Rust frame between the raise and the
  * catch. Rust is called only for decisions that raise nothing in other
- * sessions' paths (sls_standbys_state, in src/primary/mod.rs), and only
- * where the library has work to do: a logical walsender's XLogData message,
- * or a statement that calls a SQL decoding function.
+ * sessions' paths (sls_standbys_state and sls_standbys_confirmed_upto, in
+ * src/primary/mod.rs), and only where the library has work to do: a
+ * logical walsender's XLogData message or keepalive, or a statement that
+ * calls a SQL decoding function.
  *
  * What the hooks do (docs/design.md, "The two halves" and invariant 7):
  * - ClientAuthentication_hook: in a database walsender, wraps PqCommMethods
@@ -59,6 +60,7 @@
 #include "replication/walsender_private.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
+#include "utils/timeout.h"
 #include "storage/proc.h"
 #include "storage/procsignal.h"
 #include "storage/shmem.h"
@@ -224,6 +226,31 @@ static const PQcommMethods *original_methods = NULL;
  * unheld, past the standbys' flush: confirmed there, after a failover it
  * would skip the new primary's first transactions below that position.
  */
+/*
+ * A clamped keepalive told the consumer less than the walsender read; the
+ * standbys' flush does not wake a logical walsender, which would tell the
+ * rest only when new WAL comes (a consumer waiting for a position, such as
+ * pg_recvlogical --endpos, would wait that long). So while clamped, the
+ * walsender's latch is set every 100 ms: caught up and waiting for WAL, it
+ * then sends its next keepalive, clamped again until the standbys have it.
+ */
+static TimeoutId keepalive_retry_timeout = MAX_TIMEOUTS;
+
+static void
+keepalive_retry(void)
+{
+	SetLatch(MyLatch);
+}
+
+static void
+retry_keepalive_soon(void)
+{
+	if (keepalive_retry_timeout == MAX_TIMEOUTS)
+		keepalive_retry_timeout = RegisterTimeout(USER_TIMEOUT, keepalive_retry);
+	if (!get_timeout_active(keepalive_retry_timeout))
+		enable_timeout_after(keepalive_retry_timeout, 100);
+}
+
 static XLogRecPtr
 keepalive_position(XLogRecPtr walEnd)
 {
@@ -540,14 +567,34 @@ keepalive_clamped(char msgtype, const char *s, size_t len, char *buf)
 
 	/*
 	 * At shutdown the walsender exits only once its consumer has confirmed
-	 * everything it read, which this consumer is not told it may: it would
-	 * wait for ever. It ends instead, having sent nothing the standbys lack.
+	 * everything it read, which this consumer is not told it may. The
+	 * standbys usually have it within a round trip (they stream the same
+	 * WAL): wait for them a few seconds, then send the keepalive whole. If
+	 * they still lack it (a standby away), the walsender ends rather than
+	 * hold the shutdown for ever, having sent nothing the standbys lack.
+	 * Not when a stop cannot be told from other signals (the blind mode of
+	 * watch_sigusr1): then the keepalive goes clamped, as while streaming.
 	 */
-	if (stop_requested || MyWalSnd->state == WALSNDSTATE_STOPPING)
+	if ((stop_requested && !stop_detection_blind) || MyWalSnd->state == WALSNDSTATE_STOPPING)
+	{
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
+
+		while (upto < walEnd && GetCurrentTimestamp() < deadline)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 10, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			upto = keepalive_position(walEnd);
+		}
+		if (upto == walEnd)
+			return s;
 		ereport(FATAL,
 				(errcode(ERRCODE_ADMIN_SHUTDOWN),
-				 errmsg("walsender stops before its consumer has confirmed all it read: the standbys lack that WAL (sync_logical_slot.standby_slot_names)"),
-				 errdetail("The server is shutting down; this walsender has sent nothing the standbys lack, and the consumer resumes from what it confirmed.")));
+				 errmsg("walsender stops before its consumer has confirmed all it read: the standbys named in sync_logical_slot.standby_slot_names have not confirmed that WAL"),
+				 errdetail("The server is shutting down and the standbys lack WAL up to %X/%X (or the setting names slots that cannot confirm); this walsender has sent nothing they lack, and the consumer resumes from what it confirmed.",
+						   LSN_FORMAT_ARGS(walEnd))));
+	}
+	retry_keepalive_soon();
 	memcpy(buf, s, len);
 	n = pg_hton64((uint64) upto);
 	memcpy(&buf[1], &n, sizeof(n));
