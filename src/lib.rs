@@ -24,6 +24,7 @@ pub mod snapshot; // the primary's decoding snapshot files, kept on the standby
 pub mod status; // per-slot sync state in shared memory
 pub mod sync; // one sync pass: read, decide, apply (the safety argument)
 pub mod types; // Lsn, Xid, RemoteSlot, SlotFilter (pure)
+pub mod walfiles; // whether the standby still holds WAL from an LSN (files only)
 pub mod worker; // background worker registration and main loop
 
 ::pgrx::pg_module_magic!(name, version);
@@ -309,7 +310,13 @@ mod tests {
         crate::slot::FAIL_AFTER_MARK.store(true, std::sync::atomic::Ordering::SeqCst);
         // SAFETY: this backend's database.
         let database = unsafe { pgrx::pg_sys::MyDatabaseId };
-        let _ = crate::slot::create_temporary(name, database, "test_decoding", false);
+        let _ = crate::slot::create_temporary(
+            name,
+            database,
+            "test_decoding",
+            false,
+            crate::types::Lsn(0),
+        );
     }
 
     #[pg_test]

@@ -382,12 +382,15 @@ pub fn release_if_held() {
 }
 
 /// Creates a temporary copy that reserves this standby's WAL and catalog
-/// horizons, marks it ours, and returns it.
+/// horizons, marks it ours, and returns it. WAL is reserved from
+/// `primary_restart_lsn` (the primary's slot's) when this standby still holds
+/// every segment from there on, else from the last restartpoint.
 pub fn create_temporary(
     name: &str,
     database_oid: pg_sys::Oid,
     plugin: &str,
     two_phase: bool,
+    primary_restart_lsn: Lsn,
 ) -> Result<Local, SyncError> {
     let c = CString::new(name).expect("slot names have no NUL");
     // SAFETY: the worker holds no slot; ReplicationSlotCreate leaves the new
@@ -426,8 +429,11 @@ pub fn create_temporary(
         }
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
 
-        // From the last restartpoint's redo pointer, on 15 and 16 alike.
-        crate::pgver::reserve_wal_from_redo();
+        // From where the primary's slot restarts, when that WAL is still
+        // here; else from the last restartpoint's redo pointer, on 15 and 16 alike.
+        if !reserve_wal_at(primary_restart_lsn) {
+            crate::pgver::reserve_wal_from_redo();
+        }
 
         pg_sys::LWLockAcquire(main_lock(PROC_ARRAY_LOCK), pg_sys::LWLockMode::LW_EXCLUSIVE);
         let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
@@ -446,6 +452,44 @@ pub fn create_temporary(
     let local = unsafe { snapshot_of(slot) };
     drop(guard);
     Ok(local)
+}
+
+/// Reserves WAL for the slot this process has just created from `wanted`, an
+/// LSN older than the last restartpoint, when every segment from there on is
+/// still on disk (walfiles). The reservation is published first and the files
+/// looked for after it, so a restartpoint that runs meanwhile either sees it
+/// and keeps them, or has removed one and the check fails; then nothing stays
+/// reserved and the caller reserves from the redo pointer. False when not
+/// reserved.
+///
+/// # Safety
+/// This process holds a newly created slot with no WAL reserved yet.
+unsafe fn reserve_wal_at(wanted: Lsn) -> bool {
+    // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
+    unsafe {
+        let redo = pg_sys::GetRedoRecPtr();
+        if !wanted.is_valid() || wanted.0 >= redo {
+            return false;
+        }
+        let slot = pg_sys::MyReplicationSlot;
+        let segment = pg_sys::wal_segment_size.max(1) as u64;
+        let mut tli: pg_sys::TimeLineID = 0;
+        pg_sys::GetXLogReplayRecPtr(&mut tli);
+        let set = |lsn: u64| {
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            (*slot).data.restart_lsn = lsn;
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+        };
+        set(wanted.0);
+        if pg_sys::XLogGetLastRemovedSegno() < wanted.0 / segment
+            && crate::walfiles::held_from(wanted, Lsn(redo), tli, segment)
+        {
+            return true;
+        }
+        set(0);
+        false
+    }
 }
 
 /// Fault injection for a pg_test: the next `create_temporary` raises an

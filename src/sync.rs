@@ -9,8 +9,9 @@
 //! further than the WAL the standby has. The rules (docs/design.md invariants 1-6):
 //!
 //! - **Created temporary.** A new copy is a temporary slot reserved at the
-//!   standby's own horizons (its last restartpoint for WAL, its oldest safe
-//!   decoding xid for catalog rows). The primary's slot may be behind those
+//!   standby's own horizons (its last restartpoint for WAL, or the primary's
+//!   `restart_lsn` when every segment from there is still here; its oldest
+//!   safe decoding xid for catalog rows). The primary's slot may be behind those
 //!   (its WAL or rows are already gone here); then the copy waits, state
 //!   `waiting_for_remote`, re-checked every pass, never blocking the pass.
 //! - **Persistent only when honourable.** Once the primary's slot has passed
@@ -573,7 +574,8 @@ fn sync_one(
     // in this same pass.
     let oid = database_oid.expect("plan creates only when the database exists");
     // Two-phase is enabled later, together with the primary's two_phase_at.
-    let made = slot::create_temporary(&remote.name, oid, &remote.plugin, false)?;
+    let made =
+        slot::create_temporary(&remote.name, oid, &remote.plugin, false, remote.restart_lsn)?;
     counts.created += 1;
     slot::request_feedback();
     log(

@@ -74,3 +74,61 @@ fn switchover_and_back_keeps_slots_syncing() {
     switch_and_resync(&a, &b, "a");
     switch_and_resync(&b, &a, "b");
 }
+
+/// A transaction prepared before a switchover holds slot s's restart_lsn back
+/// until it ends. The old primary, now a standby, still has the WAL from that
+/// restart_lsn on: its new copy reserves it there and is ready at once, while
+/// the transaction is still prepared (before, the copy waited for the
+/// primary's slot to pass the standby's restartpoint, so the way back was
+/// blocked until the transaction ended). Once promoted, the copy decodes the
+/// transaction when it commits.
+#[test]
+fn a_slot_held_back_by_a_prepared_transaction_is_ready_after_a_switchover() {
+    let dir = TestDir::new("switchover-held");
+    let a = dir.primary("a");
+    a.append_conf("max_prepared_transactions = 5\n");
+    a.start();
+    a.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    a.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let b = dir.standby("b", &a);
+    b.start();
+    a.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
+    consume(&a);
+    wait_for_copy(&b, &a, "s");
+    wait_marked(&a);
+
+    a.sql("BEGIN; INSERT INTO t VALUES (-1); PREPARE TRANSACTION 'held'");
+    let prepared_at = a.sql("SELECT pg_current_wal_lsn()");
+    for _ in 0..3 {
+        consume(&a);
+    }
+    assert_eq!(
+        a.sql(&format!(
+            "SELECT restart_lsn < '{prepared_at}' AND confirmed_flush_lsn > '{prepared_at}' FROM pg_replication_slots WHERE slot_name = 's'"
+        )),
+        "t",
+        "the prepared transaction holds s's restart_lsn back while its consumer reads on"
+    );
+
+    let offset = a.log_offset();
+    switch(&a, &b, "a");
+    consume(&b);
+    a.wait_for_log("re-creating replication slot \"s\"", offset);
+    consume(&b);
+    wait_for_copy(&a, &b, "s");
+    assert_eq!(
+        b.sql("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'held'"),
+        "1",
+        "the copy was ready while the transaction was still prepared"
+    );
+
+    // And back, then the transaction commits on a: decoded from the copy.
+    switch(&b, &a, "b");
+    a.sql("COMMIT PREPARED 'held'");
+    let changes =
+        a.sql("SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('s', NULL, NULL)");
+    assert!(
+        changes.contains("table public.t: INSERT: id[integer]:-1"),
+        "the held transaction was not decoded from the promoted copy:\n{changes}"
+    );
+}
