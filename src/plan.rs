@@ -7,9 +7,11 @@
 //! - a copy never moves backwards; its `confirmed_flush_lsn` never passes the
 //!   standby's flushed WAL;
 //! - a new copy starts as a temporary slot reserved at the standby's own
-//!   horizon and waits (`waiting_for_remote`) until the primary's slot has
-//!   passed that reservation; only then is it moved to the primary's position
-//!   and made persistent;
+//!   horizon (for WAL: its restartpoint, or the primary's `restart_lsn` when
+//!   the standby still holds that WAL, see slot.rs) and waits
+//!   (`waiting_for_remote`) until the primary's slot stands at or past that
+//!   reservation; only then is it moved to the primary's position and made
+//!   persistent;
 //! - `restart_lsn` moves only to a position whose decoding snapshot the
 //!   standby holds (invariant 4; the caller says whether it does), and
 //!   `catalog_xmin` moves only together with it, since it protects the catalog

@@ -457,10 +457,12 @@ pub fn create_temporary(
 /// Reserves WAL for the slot this process has just created from `wanted`, an
 /// LSN older than the last restartpoint, when every segment from there on is
 /// still on disk (walfiles). The reservation is published first and the files
-/// looked for after it, so a restartpoint that runs meanwhile either sees it
-/// and keeps them, or has removed one and the check fails; then nothing stays
-/// reserved and the caller reserves from the redo pointer. False when not
-/// reserved.
+/// looked for after it: a restartpoint that starts later keeps them. One that
+/// was already under way may still remove some (as with PostgreSQL 17's own
+/// slot sync); it then normally invalidates the copy first, and `advance`
+/// refuses to make a copy persistent whose WAL is gone. When the files are
+/// not all there, nothing stays reserved and the caller reserves from the
+/// redo pointer. False when not reserved.
 ///
 /// # Safety
 /// This process holds a newly created slot with no WAL reserved yet.
@@ -468,7 +470,9 @@ unsafe fn reserve_wal_at(wanted: Lsn) -> bool {
     // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
     unsafe {
         let redo = pg_sys::GetRedoRecPtr();
-        if !wanted.is_valid() || wanted.0 >= redo {
+        // With max_slot_wal_keep_size set, a copy reserved far back could be
+        // invalidated by the next restartpoint: only the usual reservation.
+        if !wanted.is_valid() || wanted.0 >= redo || pg_sys::max_slot_wal_keep_size_mb >= 0 {
             return false;
         }
         let slot = pg_sys::MyReplicationSlot;
@@ -483,7 +487,13 @@ unsafe fn reserve_wal_at(wanted: Lsn) -> bool {
         };
         set(wanted.0);
         if pg_sys::XLogGetLastRemovedSegno() < wanted.0 / segment
-            && crate::walfiles::held_from(wanted, Lsn(redo), tli, segment)
+            && crate::walfiles::held_from(
+                std::path::Path::new("pg_wal"),
+                wanted,
+                Lsn(redo),
+                tli,
+                segment,
+            )
         {
             return true;
         }
@@ -527,6 +537,13 @@ unsafe fn snapshot_of(slot: *mut pg_sys::ReplicationSlot) -> Local {
 pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncError> {
     let guard = Acquired::new(name);
     let slot = guard.slot();
+    // SAFETY: reads shared counters (before the slot's spinlock: this takes another).
+    let (removed_segno, segment) = unsafe {
+        (
+            pg_sys::XLogGetLastRemovedSegno(),
+            pg_sys::wal_segment_size.max(1) as u64,
+        )
+    };
     // SAFETY: the slot is acquired by this process; fields under its spinlock.
     // The write is merged with what the slot holds now (plan::merge: nothing
     // moves back), so a session's advance made since the plan read the copy
@@ -553,6 +570,18 @@ pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncErr
             two_phase_at: Lsn(d.two_phase_at),
         };
         let merged = crate::plan::merge(current, *target);
+        // Made persistent, a copy must still find its WAL here: a restartpoint
+        // under way when a temporary copy reserved old WAL (reserve_wal_at)
+        // may have removed it since. Then the copy is made again.
+        if persist && removed_segno >= merged.restart_lsn.0 / segment {
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            drop(guard);
+            drop_slot(name);
+            return Err(SyncError::Internal(format!(
+                "WAL from {} was removed on this standby while the copy of \"{name}\" was being made; it is copied afresh at the next pass",
+                merged.restart_lsn
+            )));
+        }
         d.restart_lsn = merged.restart_lsn.0;
         d.confirmed_flush = merged.confirmed_flush_lsn.0;
         d.catalog_xmin = pg_sys::TransactionId::from_inner(merged.catalog_xmin.0);

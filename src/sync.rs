@@ -581,7 +581,7 @@ fn sync_one(
     log(
         &format!("created a temporary copy of replication slot \"{}\"", remote.name),
         Some(format!(
-            "It reserves WAL from {} and catalog rows from xid {} on this standby; it becomes persistent once the primary's slot has passed both.",
+            "It reserves WAL from {} and catalog rows from xid {} on this standby; it becomes persistent once the primary's slot stands at or past both.",
             made.restart_lsn, made.catalog_xmin
         )),
     );

@@ -22,10 +22,9 @@
 //! before.
 
 use std::fs;
+use std::path::Path;
 
 use crate::types::Lsn;
-
-const WAL_DIR: &str = "pg_wal";
 
 /// One line of a timeline history: `tli` was current up to `end` (exclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,17 +88,16 @@ pub fn files_needed(
         .collect()
 }
 
-/// Whether every segment from `from` to `upto` is in pg_wal, whole, on the
-/// timeline a reader on timeline `current` would open it on. Runs in the
-/// data directory (the worker's working directory).
-pub fn held_from(from: Lsn, upto: Lsn, current: u32, segment_size: u64) -> bool {
+/// Whether every segment from `from` to `upto` is in `wal_dir` (pg_wal),
+/// whole, on the timeline a reader on timeline `current` would open it on.
+pub fn held_from(wal_dir: &Path, from: Lsn, upto: Lsn, current: u32, segment_size: u64) -> bool {
     if !from.is_valid() || from > upto || segment_size == 0 {
         return false;
     }
     let history = if current <= 1 {
         Vec::new()
     } else {
-        match fs::read_to_string(format!("{WAL_DIR}/{current:08X}.history"))
+        match fs::read_to_string(wal_dir.join(format!("{current:08X}.history")))
             .ok()
             .and_then(|t| parse_history(&t))
         {
@@ -110,8 +108,7 @@ pub fn held_from(from: Lsn, upto: Lsn, current: u32, segment_size: u64) -> bool 
     files_needed(from, upto, current, &history, segment_size)
         .iter()
         .all(|f| {
-            fs::metadata(format!("{WAL_DIR}/{f}"))
-                .is_ok_and(|m| m.is_file() && m.len() == segment_size)
+            fs::metadata(wal_dir.join(f)).is_ok_and(|m| m.is_file() && m.len() == segment_size)
         })
 }
 
@@ -180,7 +177,48 @@ mod tests {
 
     #[test]
     fn nothing_is_assumed_held_without_a_valid_range() {
-        assert!(!held_from(Lsn(0), Lsn(0x100), 1, SEG));
-        assert!(!held_from(Lsn(0x200), Lsn(0x100), 1, SEG));
+        let dir = Path::new("/nonexistent");
+        assert!(!held_from(dir, Lsn(0), Lsn(0x100), 1, SEG));
+        assert!(!held_from(dir, Lsn(0x200), Lsn(0x100), 1, SEG));
+    }
+
+    /// A small segment size keeps the files small; the logic is the same.
+    #[test]
+    fn every_segment_must_be_there_whole_on_its_timeline() {
+        const S: u64 = 4096;
+        let dir = std::env::temp_dir().join(format!("sls-walfiles-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let put = |name: &str, len: u64| {
+            fs::write(dir.join(name), vec![0u8; len as usize]).unwrap();
+        };
+        // Timeline 2 began inside segment 3.
+        fs::write(
+            dir.join("00000002.history"),
+            "1\t0/3100\tno recovery target specified\n",
+        )
+        .unwrap();
+        put("000000010000000000000001", S);
+        put("000000010000000000000002", S);
+        put("000000020000000000000003", S);
+        put("000000020000000000000004", S);
+        assert!(held_from(&dir, Lsn(0x1010), Lsn(0x4010), 2, S));
+        // Timeline 1's copy of the switch segment is not what a reader opens.
+        fs::remove_file(dir.join("000000020000000000000003")).unwrap();
+        put("000000010000000000000003", S);
+        assert!(!held_from(&dir, Lsn(0x1010), Lsn(0x4010), 2, S));
+        put("000000020000000000000003", S);
+        assert!(held_from(&dir, Lsn(0x1010), Lsn(0x4010), 2, S));
+        // A gap in the middle, or a short file.
+        fs::remove_file(dir.join("000000010000000000000002")).unwrap();
+        assert!(!held_from(&dir, Lsn(0x1010), Lsn(0x4010), 2, S));
+        assert!(held_from(&dir, Lsn(0x3010), Lsn(0x4010), 2, S));
+        put("000000020000000000000004", S - 1);
+        assert!(!held_from(&dir, Lsn(0x3010), Lsn(0x4010), 2, S));
+        // Without the history file nothing is assumed.
+        put("000000020000000000000004", S);
+        fs::remove_file(dir.join("00000002.history")).unwrap();
+        assert!(!held_from(&dir, Lsn(0x3010), Lsn(0x4010), 2, S));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -154,6 +154,13 @@ fn sync_passes(standby: &Node, n: usize) {
     }
 }
 
+/// These tests need copies that wait for the primary's slot to pass the
+/// standby's restartpoint. The standby keeps its WAL (wal_keep_size), so a
+/// new copy would reserve from the primary's restart_lsn instead and not
+/// wait; with max_slot_wal_keep_size set it never does (docs/design.md,
+/// invariant 2), and the wait is what PostgreSQL 17 would do.
+const KEEP_RESERVING_AT_THE_RESTARTPOINT: &str = "max_slot_wal_keep_size = '10GB'";
+
 /// A primary that vacuums only when the test says so and keeps the WAL a
 /// standby misses while it is away, with table `table` and database `app`,
 /// and its running standby (copying `slot_names` when given).
@@ -168,6 +175,7 @@ fn vacuum_ready_cluster(dir: &TestDir, table: &str, slot_names: Option<&str>) ->
     if let Some(names) = slot_names {
         standby.set_auto_conf("sync_logical_slot.slot_names", names);
     }
+    standby.append_conf(KEEP_RESERVING_AT_THE_RESTARTPOINT);
     standby.start();
     (primary, standby)
 }
@@ -635,6 +643,7 @@ fn log_standby_snapshot_asks_the_primary_only_when_on() {
     // A least-privilege role for the worker, for later (README, set-up step 2).
     create_worker_role(&primary);
     let standby = dir.standby("standby1", &primary);
+    standby.append_conf(KEEP_RESERVING_AT_THE_RESTARTPOINT);
     standby.start();
     standby.sql("ALTER SYSTEM SET sync_logical_slot.slot_names = 'none_yet'");
     standby.reload();

@@ -114,6 +114,25 @@ fn a_slot_held_back_by_a_prepared_transaction_is_ready_after_a_switchover() {
     switch(&a, &b, "a");
     consume(&b);
     a.wait_for_log("re-creating replication slot \"s\"", offset);
+    // The catalog side does not hold the copy back either: a still has b's
+    // physical slot, with the catalog_xmin of b's feedback as of the
+    // switchover (that of b's copy of s), so the copy's catalog_xmin (a's
+    // oldest safe decoding xid) is no newer than s's on b.
+    let xid = |n: &Node, sql: &str| -> u64 {
+        n.sql(sql).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let kept = xid(
+        &a,
+        "SELECT catalog_xmin::text FROM pg_replication_slots WHERE slot_name = 'b'",
+    );
+    let remote = xid(
+        &b,
+        "SELECT catalog_xmin::text FROM pg_replication_slots WHERE slot_name = 's'",
+    );
+    assert!(
+        kept <= remote,
+        "b's slot on a holds {kept}, s on b {remote}"
+    );
     consume(&b);
     wait_for_copy(&a, &b, "s");
     assert_eq!(
