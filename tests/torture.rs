@@ -69,7 +69,7 @@
 //!   (moved to the consumer's own position) yields anything but exactly the
 //!   surviving rows the consumer did not have, or the copy is missing or
 //!   stands past the consumer's position; or a consumer confirmed a
-//!   position past all the WAL the promoted standby received (its later
+//!   position past all the WAL the promoted standby had (where its new timeline begins; its later
 //!   WAL is the new timeline's, which the consumer would skip up to there);
 //! - `stuck`: after a fault the primary survives, the standbys' status view
 //!   is verified again within a bound, and the copies are ready again; the
@@ -1987,18 +1987,28 @@ fn failover(
         .unwrap_or_default();
     out.notes
         .push(format!("{} ready at failover: {ready} ({source})", to.name));
-    // Everything `to` has of the old timeline: no consumer may have
-    // confirmed past it (its later WAL is another timeline's, which the
-    // consumer would skip up to its position).
-    let received = to
-        .try_sql("SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(|v| lsn(&v));
     to.promote();
     if let Err(e) = poll(to, "SELECT pg_is_in_recovery()", "f", DEADLINE) {
         panic!("{} did not leave recovery: {e}", to.name);
     }
+    // Everything `to` had of the old timeline, exactly: where its new
+    // timeline begins (the last line of the newest history file). No
+    // consumer may have confirmed past it (its later WAL is another
+    // timeline's, which the consumer would skip up to its position).
+    // pg_last_wal_receive_lsn() is not that: after a restart with no
+    // primary it is the start of the segment replay stopped in.
+    let received = to
+        .try_sql(
+            "SELECT pg_read_file('pg_wal/' || name) FROM pg_ls_waldir()
+              WHERE name LIKE '%.history' ORDER BY name DESC LIMIT 1",
+        )
+        .ok()
+        .and_then(|h| {
+            h.lines()
+                .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+                .last()
+        })
+        .map(|v| lsn(&v));
     if let Some(received) = received {
         for c in consumers {
             if c.position() > received {
