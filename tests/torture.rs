@@ -2006,7 +2006,7 @@ fn failover(
         .and_then(|h| {
             h.lines()
                 .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-                .last()
+                .next_back()
         })
         .map(|v| lsn(&v));
     if let Some(received) = received {
