@@ -584,6 +584,40 @@ fn wait_a_little() {
     pgrx::check_for_interrupts!();
 }
 
+/// Uninstalling: drops every copy this extension made on this standby, with
+/// the readiness records, and returns how many. Refused on a primary (its
+/// logical slots are its consumers' own) and while the worker would copy
+/// them again at its next pass.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_logical_slot_drop_copies() -> i32 {
+    require_superuser("sync_logical_slot_drop_copies");
+    require_standby(
+        "On a primary the logical slots are the consumers' own: drop one with pg_drop_replication_slot() if that is what you mean.",
+    );
+    let selects = crate::guc::slot_filter().is_ok_and(|f| !f.selectors.is_empty());
+    if selects && crate::status::worker_running() {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "the sync worker still copies the slots that sync_logical_slot.slot_names = '{}' selects",
+                crate::guc::slot_names()
+            ),
+            Some("Set sync_logical_slot.slot_names = '' on this standby and reload (SELECT pg_reload_conf()), then call this function again."),
+        );
+    }
+    // Records first: a copy is never left with a verdict that outlives it.
+    crate::readiness::forget_all();
+    let mut dropped = 0;
+    for l in crate::slot::local_logical_slots() {
+        if crate::slot::is_ours(&l.name) {
+            crate::slot::drop_slot(&l.name);
+            dropped += 1;
+        }
+    }
+    crate::status::clear();
+    dropped
+}
+
 /// One sync pass now, through the worker (passes never overlap).
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_logical_slot_sync_now() -> TableIterator<
@@ -801,7 +835,14 @@ fn sync_logical_slot_sync_slot_internal(slot_name: &str) -> String {
     require_standby(
         "On a primary, use PostgreSQL's own functions, such as pg_replication_slot_advance().",
     );
-    let filter = crate::guc::slot_filter();
+    let filter = match crate::guc::slot_filter() {
+        Ok(f) => f,
+        Err(why) => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("sync_logical_slot.slot_names is invalid: {why}"),
+            Some("Correct it in postgresql.conf and reload."),
+        ),
+    };
     if !filter.may_select_name(slot_name) {
         fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -1090,6 +1131,7 @@ REVOKE ALL ON FUNCTION sync_logical_slot_status_rows() FROM PUBLIC;
 REVOKE ALL ON sync_logical_slot_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION failover_logical_slot_init(text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_sync_now() FROM PUBLIC;
+REVOKE ALL ON FUNCTION sync_logical_slot_drop_copies() FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_ready(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_wait_ready(interval, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_logical_slot_readiness(text[]) FROM PUBLIC;
@@ -1113,6 +1155,8 @@ COMMENT ON FUNCTION sync_logical_slot_status_rows() IS
   'Rows of the sync_logical_slot_status view (use the view).';
 COMMENT ON FUNCTION failover_logical_slot_init(text, text, text, text, text) IS
   'On the primary: creates or updates foreign server master_fdw (postgres_fdw) and the user mapping the standbys'' workers connect with; returns the postgresql.conf lines to add on the standbys. The password is never shown.';
+COMMENT ON FUNCTION sync_logical_slot_drop_copies() IS
+  'On a standby, when uninstalling: drops every copy sync_logical_slot made here and returns how many. Set sync_logical_slot.slot_names to an empty string and reload first, or the worker copies them again.';
 COMMENT ON FUNCTION sync_logical_slot_sync_now() IS
   'On a standby: one sync pass now, run by the worker; returns how many copies it created, advanced and dropped.';
 COMMENT ON FUNCTION sync_logical_slot_ready(text[]) IS

@@ -86,7 +86,7 @@ pub fn init() {
         GucRegistry::define_string_guc_with_hooks(
             c"sync_logical_slot.slot_names",
             c"Which of the primary's logical slots to copy.",
-            c"Comma list of slot names, name_like:PATTERN (SQL LIKE) and plugin:NAME terms; a slot matching any term is copied.",
+            c"Comma list of slot names (or name:NAME), name_like:PATTERN (SQL LIKE) and plugin:NAME terms; a slot matching any term is copied.",
             &SLOT_NAMES,
             GucContext::Sighup,
             GucFlags::empty(),
@@ -181,11 +181,10 @@ pub fn primary_conninfo() -> String {
     PRIMARY_CONNINFO.with(|c| c.borrow().clone())
 }
 
-pub fn slot_filter() -> SlotFilter {
-    // The check hook accepted the value, so it parses.
-    SlotFilter::parse(&string_of(&SLOT_NAMES)).unwrap_or_else(|_| SlotFilter {
-        selectors: Vec::new(),
-    })
+/// The slot filter; Err(why) only for a malformed value let in at server
+/// start (see check_slot_names): then nothing may be synced.
+pub fn slot_filter() -> Result<SlotFilter, String> {
+    SlotFilter::parse(&string_of(&SLOT_NAMES))
 }
 
 pub fn slot_names() -> String {
@@ -318,19 +317,24 @@ unsafe extern "C-unwind" fn check_identifier(
     unsafe { check_with(newval, validate_identifier) }
 }
 
+/// Fail closed, as check_standby_slot_names: at server start a malformed
+/// value is let in rather than replaced by the default (which copies every
+/// slot); the worker then syncs nothing, withdraws readiness and says why
+/// (worker.rs, missing prerequisites) until the value is corrected and
+/// reloaded. At a reload or SET it is refused and the old value stays.
 unsafe extern "C-unwind" fn check_slot_names(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: see check_with.
+    // SAFETY: see check_with; the flag is a postmaster global.
     let ok = unsafe { check_with(newval, |v| SlotFilter::parse(v).map(|_| ())) };
     if !ok {
         set_check_hint(
-            "Use a comma list of slot names, name_like:PATTERN and plugin:NAME, for example 'name_like:%' or 'orders_cdc, plugin:pgoutput'.",
+            "Use a comma list of slot names, name:NAME, name_like:PATTERN and plugin:NAME, for example 'name_like:%' or 'orders_cdc, plugin:pgoutput'.",
         );
     }
-    ok
+    ok || unsafe { pg_sys::process_shared_preload_libraries_in_progress }
 }
 
 /// Fail closed: at server start (the postmaster loading the library, which

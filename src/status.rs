@@ -178,6 +178,11 @@ pub fn set_worker(latch: Option<(*mut pg_sys::Latch, i32)>) {
     clear();
 }
 
+/// Whether a sync worker runs on this server now.
+pub fn worker_running() -> bool {
+    CONTROL.share().worker_pid != 0
+}
+
 /// Before its first pass the worker shows the verdicts kept on disk.
 pub fn publish_from_disk(rows: &[SlotStatus]) {
     publish(rows);

@@ -139,7 +139,9 @@ impl Syncer {
         let (remote, feedback) = primary.fetch_slots(&physical)?;
         self.check_physical_slot(&physical, feedback.is_some());
         let feedback = feedback.unwrap_or(Xid::INVALID);
-        let filter = guc::slot_filter();
+        // Malformed only if let in at start, and then the worker does not
+        // pass (missing prerequisites): nothing is selected.
+        let filter = guc::slot_filter().unwrap_or_default();
         let selected: Vec<&RemoteSlot> = remote
             .iter()
             .filter(|s| filter.selects(&s.name, &s.plugin))

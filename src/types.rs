@@ -175,7 +175,7 @@ impl RemoteSlot {
 /// One term of `sync_logical_slot.slot_names`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotSelector {
-    /// `name`: exactly this slot.
+    /// `name` or `name:NAME`: exactly this slot.
     Name(String),
     /// `name_like:PATTERN`: SQL LIKE on the slot name (`%` any run, `_` one character, `\` escapes).
     NameLike(String),
@@ -183,8 +183,9 @@ pub enum SlotSelector {
     Plugin(String),
 }
 
-/// `sync_logical_slot.slot_names`: a slot is selected when any term matches it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `sync_logical_slot.slot_names`: a slot is selected when any term matches
+/// it. The default value of the type selects nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotFilter {
     pub selectors: Vec<SlotSelector>,
 }
@@ -195,7 +196,8 @@ pub const MAX_IDENTIFIER_LEN: usize = 63;
 impl SlotFilter {
     pub const DEFAULT: &'static str = "name_like:%";
 
-    /// Parses a comma list of `name`, `name_like:PATTERN` and `plugin:NAME`.
+    /// Parses a comma list of `name` (or `name:NAME`, as pg_failover_slots
+    /// writes it), `name_like:PATTERN` and `plugin:NAME`.
     /// White space around terms is ignored. An empty list selects nothing.
     pub fn parse(text: &str) -> Result<SlotFilter, String> {
         let mut selectors = Vec::new();
@@ -220,6 +222,11 @@ impl SlotFilter {
                         return Err(format!("\"{kind}:\" needs a value after the colon"));
                     }
                     match kind.trim() {
+                        // pg_failover_slots' spelling of an exact name.
+                        "name" => {
+                            validate_slot_name(arg)?;
+                            SlotSelector::Name(arg.to_string())
+                        }
                         "name_like" => {
                             if arg.ends_with('\\') && !arg.ends_with("\\\\") {
                                 return Err(format!(
@@ -236,7 +243,7 @@ impl SlotFilter {
                         }
                         other => {
                             return Err(format!(
-                                "unrecognized selector \"{other}:\" in \"{term}\": use a slot name, name_like:PATTERN or plugin:NAME"
+                                "unrecognized selector \"{other}:\" in \"{term}\": use a slot name, name:NAME, name_like:PATTERN or plugin:NAME"
                             ))
                         }
                     }
@@ -380,15 +387,22 @@ mod tests {
 
     #[test]
     fn filter_parses_every_form() {
-        let f = SlotFilter::parse(" s1 , name_like:cdc_%, plugin:pgoutput").unwrap();
+        let f = SlotFilter::parse(" s1 , name_like:cdc_%, plugin:pgoutput, name: s2").unwrap();
         assert_eq!(
             f.selectors,
             vec![
                 SlotSelector::Name("s1".into()),
                 SlotSelector::NameLike("cdc_%".into()),
                 SlotSelector::Plugin("pgoutput".into()),
+                SlotSelector::Name("s2".into()),
             ]
         );
+        assert!(f.selects("s2", "test_decoding"));
+        // name: is exact, never a pattern.
+        assert!(!SlotFilter::parse("name:s_").unwrap().selects("sx", "x"));
+        assert!(SlotFilter::parse("name:Bad-Name")
+            .unwrap_err()
+            .contains("invalid character"));
         assert!(f.selects("s1", "test_decoding"));
         assert!(f.selects("cdc_orders", "wal2json"));
         assert!(f.selects("other", "pgoutput"));

@@ -181,7 +181,7 @@ pub extern "C" fn sls_connect_abandoned() -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Mode {
     NotStandby,
-    MissingPrerequisites(Vec<&'static str>),
+    MissingPrerequisites(Vec<String>),
     Standby,
 }
 
@@ -320,7 +320,9 @@ impl Worker {
         if !std::mem::replace(&mut self.disk_verdicts_shown, true) && status::passes() == 0 {
             // Until a pass reaches the primary, the copies' readiness is what
             // their records on disk say (the primary may be down).
-            if let Ok(Some(rows)) = in_transaction(|| Ok(readiness::load(&guc::slot_filter()))) {
+            if let Ok(Some(rows)) =
+                in_transaction(|| Ok(readiness::load(&guc::slot_filter().unwrap_or_default())))
+            {
                 status::publish_from_disk(&rows);
             }
         }
@@ -656,14 +658,24 @@ impl Worker {
                 status::withdraw(&format!(
                     "not kept current: {what} on this standby, so the worker stopped syncing"
                 ));
+                let bad_filter = missing
+                    .iter()
+                    .any(|m| m.starts_with("sync_logical_slot.slot_names"));
+                let server = missing.len() > usize::from(bad_filter);
                 log(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     &format!("sync_logical_slot cannot sync slots: {what} on this standby"),
-                    Some("Without hot_standby_feedback and a physical slot (primary_slot_name) the primary may remove catalog rows that the copies of its logical slots still need; without wal_level = logical a server holding logical slots does not start.".into()),
+                    Some(if server {
+                        "Without hot_standby_feedback and a physical slot (primary_slot_name) the primary may remove catalog rows that the copies of its logical slots still need; without wal_level = logical a server holding logical slots does not start.".into()
+                    } else {
+                        "A malformed slot list at server start selects no slot, rather than every slot: no copy is kept current until it is corrected.".into()
+                    }),
                     Some(if missing.iter().any(|m| m.starts_with("wal_level")) {
                         "Set hot_standby_feedback = on, primary_slot_name and wal_level = logical in postgresql.conf, then restart the standby (wal_level needs a restart)."
-                    } else {
+                    } else if server {
                         "Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."
+                    } else {
+                        "Correct sync_logical_slot.slot_names in postgresql.conf (a comma list of slot names, name:NAME, name_like:PATTERN and plugin:NAME), then reload (SELECT pg_reload_conf())."
                     }),
                 );
             }
@@ -709,17 +721,24 @@ fn connection_settings() -> Vec<String> {
 }
 
 /// Which of the standby prerequisites (docs/design.md, "The two halves") are missing.
-fn missing_prerequisites() -> Vec<&'static str> {
+fn missing_prerequisites() -> Vec<String> {
     let mut missing = Vec::new();
     if guc::server_setting(c"hot_standby_feedback") != "on" {
-        missing.push("hot_standby_feedback is off");
+        missing.push("hot_standby_feedback is off".to_string());
     }
     if guc::server_setting(c"primary_slot_name").trim().is_empty() {
-        missing.push("primary_slot_name is not set");
+        missing.push("primary_slot_name is not set".to_string());
     }
     // A logical slot on disk stops a server with a lower wal_level from starting.
     if guc::server_setting(c"wal_level") != "logical" {
-        missing.push("wal_level is not logical");
+        missing.push("wal_level is not logical".to_string());
+    }
+    // A typo let in at server start selects nothing, rather than everything.
+    if let Err(why) = guc::slot_filter() {
+        missing.push(format!(
+            "sync_logical_slot.slot_names = '{}' is invalid ({why})",
+            guc::slot_names()
+        ));
     }
     missing
 }

@@ -73,6 +73,46 @@ fn malformed_values_are_rejected_at_reload_and_start() {
     assert!(standby.is_running());
 }
 
+/// A typo in the slot list at server start does not fall back to the
+/// default (which copies every slot): the value is kept, nothing is synced,
+/// the copies are not ready, and the worker says why; corrected and
+/// reloaded, the sync starts.
+#[test]
+fn a_malformed_slot_list_at_start_syncs_nothing_and_says_why() {
+    let dir = TestDir::new("bad_slot_list_at_start");
+    let primary = dir.primary("primary");
+    primary.start();
+    primary.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    let standby = dir.standby("standby1", &primary);
+    set_in_conf(&standby, "sync_logical_slot.slot_names = 'nam:orders'");
+    let o = standby.log_offset();
+    standby.start();
+    primary.sql("SELECT pg_create_logical_replication_slot('orders', 'test_decoding')");
+    standby.wait_for_log(
+        "sync_logical_slot cannot sync slots: sync_logical_slot.slot_names = 'nam:orders' is invalid (unrecognized selector \"nam:\"",
+        o,
+    );
+    assert_eq!(
+        standby.sql("SHOW sync_logical_slot.slot_names"),
+        "nam:orders"
+    );
+    assert_eq!(standby.sql("SELECT sync_logical_slot_ready()"), "f");
+    // Passes would have copied it by now with the default (name_like:%).
+    primary.sql("SELECT pg_logical_emit_message(false, 'x', 'y')");
+    standby.wait_for_catchup(&primary);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        standby.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'orders'"),
+        "0",
+        "a malformed slot list copied a slot"
+    );
+
+    set_in_conf(&standby, "sync_logical_slot.slot_names = 'name:orders'");
+    standby.reload();
+    wait_for_copy(&standby, &primary, "orders");
+    assert_eq!(standby.sql("SELECT sync_logical_slot_ready()"), "t");
+}
+
 #[test]
 fn loading_without_shared_preload_libraries_is_refused() {
     let dir = TestDir::new("no_preload");
