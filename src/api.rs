@@ -586,35 +586,67 @@ fn wait_a_little() {
 
 /// Uninstalling: drops every copy this extension made on this standby, with
 /// the readiness records, and returns how many. Refused on a primary (its
-/// logical slots are its consumers' own) and while the worker would copy
-/// them again at its next pass.
+/// logical slots are its consumers' own) and while `slot_names` selects
+/// slots (the worker would copy them again). A copy in use (a temporary one
+/// the worker holds while it waits; any copy mid-pass) is left and named in
+/// a WARNING: temporary copies end with the worker.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_logical_slot_drop_copies() -> i32 {
     require_superuser("sync_logical_slot_drop_copies");
     require_standby(
         "On a primary the logical slots are the consumers' own: drop one with pg_drop_replication_slot() if that is what you mean.",
     );
-    let selects = crate::guc::slot_filter().is_ok_and(|f| !f.selectors.is_empty());
-    if selects && crate::status::worker_running() {
+    if crate::guc::slot_filter().is_ok_and(|f| !f.selectors.is_empty()) {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             format!(
-                "the sync worker still copies the slots that sync_logical_slot.slot_names = '{}' selects",
+                "sync_logical_slot.slot_names = '{}' still selects slots: the sync worker would copy them again",
                 crate::guc::slot_names()
             ),
-            Some("Set sync_logical_slot.slot_names = '' on this standby and reload (SELECT pg_reload_conf()), then call this function again."),
+            Some("Set sync_logical_slot.slot_names = '' on this standby, reload (SELECT pg_reload_conf()), and call this function again in a moment, once the worker has taken the new value."),
         );
     }
     // Records first: a copy is never left with a verdict that outlives it.
     crate::readiness::forget_all();
     let mut dropped = 0;
-    for l in crate::slot::local_logical_slots() {
-        if crate::slot::is_ours(&l.name) {
-            crate::slot::drop_slot(&l.name);
-            dropped += 1;
+    let mut left = Vec::new();
+    for name in crate::slot::local_logical_slots()
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| crate::slot::is_ours(n))
+    {
+        // Looked at again just before: the worker may have dropped it, or
+        // be holding it, meanwhile.
+        match crate::slot::local_logical_slots()
+            .into_iter()
+            .find(|l| l.name == name)
+        {
+            None => {}
+            Some(l) if l.active_pid != 0 => left.push(format!(
+                "\"{name}\" (in use by PID {}{})",
+                l.active_pid,
+                if l.persistent {
+                    ""
+                } else {
+                    ", a temporary copy the worker holds: it ends with the worker"
+                }
+            )),
+            Some(_) => {
+                crate::slot::drop_slot(&name);
+                dropped += 1;
+            }
         }
     }
     crate::status::clear();
+    if !left.is_empty() {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("{} cop{} left: {}", left.len(), if left.len() == 1 { "y" } else { "ies" }, left.join(", ")),
+            "sync_logical_slot",
+        )
+        .set_hint("A temporary copy ends when the worker stops (restart without the library, README \"Uninstalling\" step 3); call this function again for any other.")
+        .report(PgLogLevel::WARNING);
+    }
     dropped
 }
 

@@ -318,8 +318,8 @@ unsafe extern "C-unwind" fn check_identifier(
 }
 
 /// Fail closed, as check_standby_slot_names: at server start a malformed
-/// value is let in rather than replaced by the default (which copies every
-/// slot); the worker then syncs nothing, withdraws readiness and says why
+/// value is let in (and taken by parallel workers) rather than replaced by
+/// the default (which copies every slot); the worker then syncs nothing, withdraws readiness and says why
 /// (worker.rs, missing prerequisites) until the value is corrected and
 /// reloaded. At a reload or SET it is refused and the old value stays.
 unsafe extern "C-unwind" fn check_slot_names(
@@ -334,14 +334,29 @@ unsafe extern "C-unwind" fn check_slot_names(
             "Use a comma list of slot names, name:NAME, name_like:PATTERN and plugin:NAME, for example 'name_like:%' or 'orders_cdc, plugin:pgoutput'.",
         );
     }
-    ok || unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+    ok || unsafe { admitting_the_start_value() }
+}
+
+/// Whether a value that fails its check is still let in (fail closed): the
+/// postmaster loading the library applies the configuration file's value,
+/// and a parallel worker restores its leader's values (RestoreGUCState) and
+/// must take the same one, or every parallel query would fail with it.
+///
+/// # Safety
+/// Reads two postmaster/backend globals.
+unsafe fn admitting_the_start_value() -> bool {
+    // SAFETY: plain bools of this process.
+    unsafe {
+        pg_sys::process_shared_preload_libraries_in_progress || pg_sys::InitializingParallelWorker
+    }
 }
 
 /// Fail closed: at server start (the postmaster loading the library, which
 /// applies the configuration file's value here) a malformed value is let in,
 /// so that it is not replaced by the default (empty: no protection). The
-/// walsenders then hold every consumer and say why (primary/mod.rs). Anywhere
-/// else (a reload, ALTER SYSTEM) it is refused and the old value stays.
+/// walsenders then hold every consumer and say why (primary/mod.rs). Parallel
+/// workers take it from their leader. Anywhere else (a reload, ALTER SYSTEM)
+/// it is refused and the old value stays.
 unsafe extern "C-unwind" fn check_standby_slot_names(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
@@ -350,7 +365,7 @@ unsafe extern "C-unwind" fn check_standby_slot_names(
     // SAFETY: see check_with; the flag is a postmaster global.
     unsafe {
         check_with(newval, |v| parse_standby_slot_names(v).map(|_| ()))
-            || pg_sys::process_shared_preload_libraries_in_progress
+            || admitting_the_start_value()
     }
 }
 

@@ -613,7 +613,7 @@ fn apply(
                 log(
                     &format!("replication slot \"{}\" is now persistent", remote.name),
                     Some(format!(
-                        "The primary's slot has passed what this standby reserved; the copy is at restart_lsn {}, confirmed_flush_lsn {}, catalog_xmin {}.",
+                        "The primary's slot stands at or past what this standby reserved; the copy is at restart_lsn {}, confirmed_flush_lsn {}, catalog_xmin {}.",
                         target.restart_lsn, target.confirmed_flush_lsn, target.catalog_xmin
                     )),
                 );

@@ -670,13 +670,21 @@ impl Worker {
                     } else {
                         "A malformed slot list at server start selects no slot, rather than every slot: no copy is kept current until it is corrected.".into()
                     }),
-                    Some(if missing.iter().any(|m| m.starts_with("wal_level")) {
-                        "Set hot_standby_feedback = on, primary_slot_name and wal_level = logical in postgresql.conf, then restart the standby (wal_level needs a restart)."
-                    } else if server {
-                        "Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."
-                    } else {
-                        "Correct sync_logical_slot.slot_names in postgresql.conf (a comma list of slot names, name:NAME, name_like:PATTERN and plugin:NAME), then reload (SELECT pg_reload_conf())."
-                    }),
+                    Some(format!(
+                        "{}{}",
+                        if missing.iter().any(|m| m.starts_with("wal_level")) {
+                            "Set hot_standby_feedback = on, primary_slot_name and wal_level = logical in postgresql.conf, then restart the standby (wal_level needs a restart)."
+                        } else if server {
+                            "Set hot_standby_feedback = on and primary_slot_name in postgresql.conf, then reload (SELECT pg_reload_conf())."
+                        } else {
+                            ""
+                        },
+                        if bad_filter {
+                            " Correct sync_logical_slot.slot_names in postgresql.conf (a comma list of slot names, name:NAME, name_like:PATTERN and plugin:NAME), then reload (SELECT pg_reload_conf())."
+                        } else {
+                            ""
+                        }
+                    ).trim_start()),
                 );
             }
             Mode::Standby => {

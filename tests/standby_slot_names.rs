@@ -292,6 +292,9 @@ fn a_malformed_value_at_start_holds_consumers_until_corrected() {
         "standby1, Standby 2",
         "the malformed value is kept, not replaced by the empty default"
     );
+    // Sessions that do not use the extension see nothing of it: parallel
+    // workers take the leader's (kept) value too.
+    assert_eq!(forced_parallel_query(&primary).as_deref(), Ok("t"));
     standby.wait_for_catchup(&primary);
     primary.sql("INSERT INTO t VALUES (1, 'held by a typo')");
     let mut receiver = Receiver::start(&primary, "recv", &out);

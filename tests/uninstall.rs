@@ -6,9 +6,9 @@
 //! `sync_logical_slot_drop_copies()` is refused on the primary and while the
 //! worker would copy the slots again; with `slot_names = ''` (and
 //! `drop_extra_slots = off`, so that the worker leaves the copy alone) it
-//! drops the copy and says how many. On the primary, DROP EXTENSION then
-//! `DROP SERVER ... CASCADE` leave nothing of the extension behind (README,
-//! "Uninstalling").
+//! drops the copy and says how many. On the primary, DROP EXTENSION, then
+//! the user mapping and the server: no function, server or mapping is left
+//! (README, "Uninstalling").
 
 mod common;
 use common::*;
@@ -36,7 +36,7 @@ fn copies_are_dropped_on_request_and_nothing_is_left() {
         .try_sql("SELECT sync_logical_slot_drop_copies()")
         .unwrap_err();
     assert!(
-        while_syncing.contains("the sync worker still copies the slots"),
+        while_syncing.contains("still selects slots: the sync worker would copy them again"),
         "{while_syncing}"
     );
     assert_eq!(
@@ -58,6 +58,8 @@ fn copies_are_dropped_on_request_and_nothing_is_left() {
         !standby.datadir().join("pg_replslot/s").exists(),
         "the copy's directory is left"
     );
+    // Again: nothing more to drop.
+    assert_eq!(standby.sql("SELECT sync_logical_slot_drop_copies()"), "0");
     // The primary's own slot is untouched.
     assert_eq!(
         primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's'"),
@@ -66,7 +68,8 @@ fn copies_are_dropped_on_request_and_nothing_is_left() {
 
     // On the primary: the extension, then the server the set-up made.
     primary.sql("DROP EXTENSION sync_logical_slot");
-    primary.sql("DROP SERVER master_fdw CASCADE");
+    primary.sql("DROP USER MAPPING FOR postgres SERVER master_fdw");
+    primary.sql("DROP SERVER master_fdw");
     assert_eq!(
         primary.sql(
             "SELECT (SELECT count(*) FROM pg_foreign_server WHERE srvname = 'master_fdw')

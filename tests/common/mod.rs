@@ -953,3 +953,16 @@ pub fn psql_stdin(node: &Node, args: &[&str], script: &str) -> std::process::Out
         .expect("write to psql");
     child.wait_with_output().expect("run psql")
 }
+
+/// A query run by a parallel worker (forced), which restores every setting
+/// of its leader: it must work whatever the extension's settings hold.
+pub fn forced_parallel_query(node: &Node) -> Result<String, String> {
+    let force = if node.sql("SHOW server_version_num").parse::<u32>().unwrap() >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
+    node.try_sql(&format!(
+        "SET {force} = on; SELECT count(*) > 0 FROM pg_class"
+    ))
+}
