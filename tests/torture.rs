@@ -69,8 +69,9 @@
 //!   (moved to the consumer's own position) yields anything but exactly the
 //!   surviving rows the consumer did not have, or the copy is missing or
 //!   stands past the consumer's position; or a consumer confirmed a
-//!   position past all the WAL the promoted standby had (where its new timeline begins; its later
-//!   WAL is the new timeline's, which the consumer would skip up to there);
+//!   position past all the WAL the promoted standby had (where its new
+//!   timeline begins; its later WAL is the new timeline's, which the
+//!   consumer would skip up to there);
 //! - `stuck`: after a fault the primary survives, the standbys' status view
 //!   is verified again within a bound, and the copies are ready again; the
 //!   consumers reach the end of the load on the promoted server;
@@ -1997,11 +1998,11 @@ fn failover(
     // timeline's, which the consumer would skip up to its position).
     // pg_last_wal_receive_lsn() is not that: after a restart with no
     // primary it is the start of the segment replay stopped in.
-    let received = to
-        .try_sql(
-            "SELECT pg_read_file('pg_wal/' || name) FROM pg_ls_waldir()
-              WHERE name LIKE '%.history' ORDER BY name DESC LIMIT 1",
-        )
+    let history = to.try_sql(
+        "SELECT pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) || '.history')",
+    );
+    let received = history
+        .as_ref()
         .ok()
         .and_then(|h| {
             h.lines()
@@ -2009,12 +2010,18 @@ fn failover(
                 .next_back()
         })
         .map(|v| lsn(&v));
+    if received.is_none() {
+        out.problem(format!(
+            "{}: where its new timeline begins is unknown ({history:?}): no consumer position could be checked against it",
+            to.name
+        ));
+    }
     if let Some(received) = received {
         for c in consumers {
             if c.position() > received {
                 out.overpromised += 1;
                 out.problem(format!(
-                    "overpromised: consumer {} confirmed {}, past all {} received of the old timeline ({})",
+                    "overpromised: consumer {} confirmed {}, past all {} had of the old timeline ({})",
                     c.slot,
                     lsn_text(c.position()),
                     to.name,
