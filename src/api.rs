@@ -19,8 +19,8 @@ use crate::types::Lsn;
 /// The rows of `sync_logical_slot_status`, from the worker's shared state.
 /// Positions and xids come as text and are cast by the view.
 #[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn sync_logical_slot_status_rows() -> TableIterator<
+#[pg_extern(name = "sync_logical_slot_status_rows", volatile, parallel_unsafe)]
+fn status_rows_0_2() -> TableIterator<
     'static,
     (
         name!(slot_name, Option<String>),
@@ -584,6 +584,57 @@ fn wait_a_little() {
     pgrx::check_for_interrupts!();
 }
 
+// ---------------------------------------------------------------------
+// Version 0.1.0's functions (a rolling upgrade)
+//
+// A database may still hold the extension's 0.1.0 objects while the library
+// is already newer: the new library goes on the standbys first, and
+// ALTER EXTENSION sync_logical_slot UPDATE runs on the primary later. Those
+// objects call these C symbols, each with 0.1.0's signature; the current
+// SQL never declares them (sql = false), and the worker's log says an
+// update is due (worker.rs, check_extension_version).
+
+/// 0.1.0's `sync_logical_slot_ready()`: every selected slot.
+#[pg_extern(sql = false, volatile, parallel_safe)]
+fn sync_logical_slot_ready() -> bool {
+    ready_0_2(None)
+}
+
+/// 0.1.0's `sync_logical_slot_wait_ready(interval)`.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn sync_logical_slot_wait_ready(timeout: Option<Interval>) -> bool {
+    wait_ready_0_2(timeout, None)
+}
+
+/// 0.1.0's status rows: those of today without verdict_source and verified_at.
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn sync_logical_slot_status_rows() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, Option<String>),
+        name!(database, Option<String>),
+        name!(plugin, Option<String>),
+        name!(state, String),
+        name!(ready, bool),
+        name!(remote_restart_lsn, Option<String>),
+        name!(remote_confirmed_flush_lsn, Option<String>),
+        name!(remote_catalog_xmin, Option<String>),
+        name!(local_restart_lsn, Option<String>),
+        name!(local_confirmed_flush_lsn, Option<String>),
+        name!(local_catalog_xmin, Option<String>),
+        name!(lag_bytes, Option<i64>),
+        name!(last_sync_at, Option<TimestampWithTimeZone>),
+        name!(last_error, Option<String>),
+    ),
+> {
+    TableIterator::new(
+        status_rows_0_2().map(|(a, b, c, d, e, f, g, h, i, j, k, l, m, n, _, _)| {
+            (a, b, c, d, e, f, g, h, i, j, k, l, m, n)
+        }),
+    )
+}
+
 /// Uninstalling: drops every copy this extension made on this standby, with
 /// the readiness records, and returns how many. Refused on a primary (its
 /// logical slots are its consumers' own) and while `slot_names` selects
@@ -791,15 +842,15 @@ fn slot_list(slots: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
     })
 }
 
-#[pg_extern(volatile, parallel_safe)]
-fn sync_logical_slot_ready(slots: default!(Option<Vec<Option<String>>>, "NULL")) -> bool {
+#[pg_extern(name = "sync_logical_slot_ready", volatile, parallel_safe)]
+fn ready_0_2(slots: default!(Option<Vec<Option<String>>>, "NULL")) -> bool {
     let slots = slot_list(slots);
     require_standby("Readiness is asked of a standby before it is promoted.");
     verdict(slots.as_deref()).ready
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
-fn sync_logical_slot_wait_ready(
+#[pg_extern(name = "sync_logical_slot_wait_ready", volatile, parallel_unsafe)]
+fn wait_ready_0_2(
     timeout: Option<Interval>,
     slots: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> bool {
@@ -1214,11 +1265,12 @@ COMMENT ON FUNCTION sync_logical_slot_wait_for_change(text, text, bigint, intege
 "#,
     name = "sql_interface",
     requires = [
-        sync_logical_slot_status_rows,
+        status_rows_0_2,
         failover_logical_slot_init,
         sync_logical_slot_sync_now,
-        sync_logical_slot_ready,
-        sync_logical_slot_wait_ready,
+        sync_logical_slot_drop_copies,
+        ready_0_2,
+        wait_ready_0_2,
         sync_logical_slot_readiness,
         sync_logical_slot_sync_slot_internal,
         sync_logical_slot_advance_internal,

@@ -85,7 +85,52 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     }
     status::connecting_to_database(false);
     status::set_worker_error(None);
+    check_extension_version(&database);
     Worker::default().run()
+}
+
+/// The extension's objects in the worker's database may be of an older
+/// version than this library (a rolling upgrade: the new library on the
+/// standbys first, the primary later): they keep working (api.rs serves the
+/// previous version's functions too), and the log says what to run.
+fn check_extension_version(database: &str) {
+    // Read-only SPI: on a standby nothing may take a transaction id.
+    let installed = in_transaction(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'sync_logical_slot'",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_one::<String>()
+        })
+        .map_err(|e| SyncError::Internal(e.to_string()))
+    });
+    let installed = match installed {
+        Ok(v) => v,
+        Err(e) => {
+            debug1(
+                "sync_logical_slot could not read the extension's version",
+                &e.to_string(),
+            );
+            None
+        }
+    };
+    let library = env!("CARGO_PKG_VERSION");
+    if let Some(v) = installed.filter(|v| v != library) {
+        log(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            &format!(
+                "the sync_logical_slot extension in database \"{database}\" is version {v}, the library {library}"
+            ),
+            Some(format!(
+                "The library serves version {v}'s SQL functions until the extension is updated; version {library}'s additions are missing meanwhile."
+            )),
+            Some("Run ALTER EXTENSION sync_logical_slot UPDATE on the primary, in every database that has the extension, once every server runs the new library: it reaches the standbys through replication."),
+        );
+    }
 }
 
 /// Whether pg_database has `name`. Connected to no database, only a heap
