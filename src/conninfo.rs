@@ -5,6 +5,20 @@
 //!
 //! Connection strings may hold a password: nothing here ever formats one into
 //! an error message, and [`ConnInfo::redacted`] masks it for display.
+//!
+//! Why not libpq's own parser (`PQconninfoParse`)? The check hooks that
+//! validate `sync_logical_slot.primary_conninfo` run in the postmaster and
+//! in every backend of the primary and the standbys, where this library is
+//! preloaded. libpq is not linked into the server: core reaches it only
+//! through libpqwalreceiver, a module that walreceivers and logical
+//! replication workers load (`walrcv_check_conninfo` is a function pointer
+//! that is NULL until then). Using it would mean loading a client library
+//! into every server process, sessions that never use this extension
+//! included. The worker's own connection does load it (src/connect.c),
+//! and libpq then parses the string again: a string this parser accepts but
+//! libpq refuses fails at connect time, with libpq's message, in the log and
+//! the status view. URIs (`postgresql://...`) are not accepted (README,
+//! Limitations).
 
 use std::fmt::Write as _;
 

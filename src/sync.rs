@@ -46,8 +46,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::error::SyncError;
@@ -56,6 +54,7 @@ use crate::pgver;
 use crate::plan::{self, Action, LocalSlot, StandbyPosition, State, Target};
 use crate::readiness;
 use crate::remote::Primary;
+use crate::report::note as log;
 use crate::slot;
 use crate::snapshot;
 use crate::status::{self, SlotStatus};
@@ -372,20 +371,16 @@ impl Syncer {
                 let text = e.to_string();
                 if req.said.as_ref() != Some(&text) {
                     let denied = text.contains("permission denied");
-                    let mut report = ErrorReport::new(
+                    crate::report::warning(
                         if denied {
                             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
                         } else {
                             PgSqlErrorCode::ERRCODE_WARNING
                         },
                         "could not ask the primary server for a running-xacts record",
-                        "sync_logical_slot",
-                    )
-                    .set_detail(format!("{text}. New copies become ready once the primary logs one by itself (within 15 s while it writes)."));
-                    if denied {
-                        report = report.set_hint("On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role, or turn sync_logical_slot.log_standby_snapshot off.");
-                    }
-                    report.report(PgLogLevel::WARNING);
+                        Some(format!("{text}. New copies become ready once the primary logs one by itself (within 15 s while it writes).")),
+                        denied.then_some("On the primary, GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO the worker's role, or turn sync_logical_slot.log_standby_snapshot off."),
+                    );
                     req.said = Some(text);
                 }
                 Ok(())
@@ -421,16 +416,14 @@ impl Syncer {
             return;
         }
         self.physical_missing = true;
-        ErrorReport::new(
+        crate::report::warning(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("replication slot \"{physical}\" does not exist on the primary server"),
-            "sync_logical_slot",
-        )
-        .set_detail("primary_slot_name names it; without it the primary does not hold this standby's hot_standby_feedback, and no copy can become ready.")
-        .set_hint(format!(
-            "Create it on the primary: SELECT pg_create_physical_replication_slot('{physical}');"
-        ))
-        .report(PgLogLevel::WARNING);
+            &format!("replication slot \"{physical}\" does not exist on the primary server"),
+            Some("primary_slot_name names it; without it the primary does not hold this standby's hot_standby_feedback, and no copy can become ready.".into()),
+            Some(&format!(
+                "Create it on the primary: SELECT pg_create_physical_replication_slot('{physical}');"
+            )),
+        );
     }
 
     /// Logs the selected set when it changes.
@@ -772,16 +765,4 @@ fn capitalize(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
-}
-
-fn log(message: &str, detail: Option<String>) {
-    let mut report = ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        message.to_string(),
-        "sync_logical_slot",
-    );
-    if let Some(d) = detail {
-        report = report.set_detail(d);
-    }
-    report.report(PgLogLevel::LOG);
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -34,6 +33,7 @@ use crate::error::SyncError;
 use crate::guc;
 use crate::readiness;
 use crate::remote::{source_conninfo, Primary};
+use crate::report::{debug1, log};
 use crate::signals;
 use crate::slot;
 use crate::status;
@@ -902,27 +902,6 @@ fn report_activity(what: &str) {
     let text = CString::new(what).unwrap_or_default();
     // SAFETY: pgstat copies the string.
     unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, text.as_ptr()) }
-}
-
-fn log(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option<&str>) {
-    let mut report = ErrorReport::new(code, message.to_string(), "sync_logical_slot");
-    if let Some(d) = detail {
-        report = report.set_detail(d);
-    }
-    if let Some(h) = hint {
-        report = report.set_hint(h);
-    }
-    report.report(PgLogLevel::LOG);
-}
-
-fn debug1(message: &str, detail: &str) {
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        message.to_string(),
-        "sync_logical_slot",
-    )
-    .set_detail(detail.to_string())
-    .report(PgLogLevel::DEBUG1);
 }
 
 #[cfg(test)]
