@@ -56,19 +56,26 @@ fn switch_and_resync(from: &Node, to: &Node, physical_slot: &str) {
     wait_marked(to);
 }
 
+/// Starts primary `a` (configured by the caller) with table t and slot s,
+/// and its standby b with s copied; a has marked s as its own.
+fn pair_with_slot_s(dir: &TestDir, a: &Node) -> Node {
+    a.start();
+    a.sql("CREATE EXTENSION sync_logical_slot CASCADE");
+    a.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let b = dir.standby("b", a);
+    b.start();
+    a.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
+    consume(a);
+    wait_for_copy(&b, a, "s");
+    wait_marked(a);
+    b
+}
+
 #[test]
 fn switchover_and_back_keeps_slots_syncing() {
     let dir = TestDir::new("switchover");
     let a = dir.primary("a");
-    a.start();
-    a.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    a.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    let b = dir.standby("b", &a);
-    b.start();
-    a.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
-    consume(&a);
-    wait_for_copy(&b, &a, "s");
-    wait_marked(&a);
+    let b = pair_with_slot_s(&dir, &a);
 
     // a → b, and back: b → a.
     switch_and_resync(&a, &b, "a");
@@ -87,15 +94,7 @@ fn a_slot_held_back_by_a_prepared_transaction_is_ready_after_a_switchover() {
     let dir = TestDir::new("switchover-held");
     let a = dir.primary("a");
     a.append_conf("max_prepared_transactions = 5\n");
-    a.start();
-    a.sql("CREATE EXTENSION sync_logical_slot CASCADE");
-    a.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    let b = dir.standby("b", &a);
-    b.start();
-    a.sql("SELECT pg_create_logical_replication_slot('s', 'test_decoding')");
-    consume(&a);
-    wait_for_copy(&b, &a, "s");
-    wait_marked(&a);
+    let b = pair_with_slot_s(&dir, &a);
 
     a.sql("BEGIN; INSERT INTO t VALUES (-1); PREPARE TRANSACTION 'held'");
     let prepared_at = a.sql("SELECT pg_current_wal_lsn()");
