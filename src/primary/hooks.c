@@ -251,12 +251,40 @@ retry_keepalive_soon(void)
 		enable_timeout_after(keepalive_retry_timeout, 100);
 }
 
+/*
+ * The furthest record boundary a keepalive told this consumer that the
+ * standbys had flushed. The standbys' flush itself may fall inside a record
+ * (WAL is streamed in pages): the promoted standby's timeline would begin at
+ * the end of the last whole record, before it, and a consumer confirming the
+ * flush would skip the new timeline's first transactions up to there. So a
+ * clamped keepalive tells this boundary instead (or the slot's own
+ * confirmed position, if further): a walEnd is always one (the end of the
+ * last record decoded).
+ */
+static XLogRecPtr last_boundary_told = InvalidXLogRecPtr;
+
 static XLogRecPtr
 keepalive_position(XLogRecPtr walEnd)
 {
 	uint64		upto = sls_standbys_confirmed_upto(SLS_WAITER_WALSENDER);
+	XLogRecPtr	floor = last_boundary_told;
 
-	return Min((uint64) walEnd, upto);
+	if ((uint64) walEnd <= upto)
+	{
+		if (walEnd > last_boundary_told)
+			last_boundary_told = walEnd;
+		return walEnd;
+	}
+	if (MyReplicationSlot != NULL)
+	{
+		XLogRecPtr	confirmed;
+
+		SpinLockAcquire(&MyReplicationSlot->mutex);
+		confirmed = MyReplicationSlot->data.confirmed_flush;
+		SpinLockRelease(&MyReplicationSlot->mutex);
+		floor = Max(floor, confirmed);
+	}
+	return Min((uint64) floor, upto);
 }
 
 /*
