@@ -1,20 +1,24 @@
 //! The worker's log lines, in one place: each has a SQLSTATE, a message, and
-//! where it helps a DETAIL and a HINT, as PostgreSQL's own do.
+//! where it helps a DETAIL and a HINT, as PostgreSQL's own do. Each helper
+//! passes its caller's location on (`#[track_caller]`), as ErrorReport does.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 /// A LOG line with its SQLSTATE, DETAIL and HINT.
+#[track_caller]
 pub fn log(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option<&str>) {
     at(PgLogLevel::LOG, code, message, detail, hint);
 }
 
 /// A WARNING: something the DBA must fix for the copies to become ready.
+#[track_caller]
 pub fn warning(code: PgSqlErrorCode, message: &str, detail: Option<String>, hint: Option<&str>) {
     at(PgLogLevel::WARNING, code, message, detail, hint);
 }
 
+#[track_caller]
 fn at(
     level: PgLogLevel,
     code: PgSqlErrorCode,
@@ -33,6 +37,7 @@ fn at(
 }
 
 /// A LOG line about progress (SQLSTATE 00000), with its DETAIL.
+#[track_caller]
 pub fn note(message: &str, detail: Option<String>) {
     log(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -43,6 +48,7 @@ pub fn note(message: &str, detail: Option<String>) {
 }
 
 /// A DEBUG1 line (what is routine, or retried quietly).
+#[track_caller]
 pub fn debug1(message: &str, detail: &str) {
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,

@@ -254,6 +254,21 @@ impl SlotFilter {
         Ok(SlotFilter { selectors })
     }
 
+    /// The filter in the syntax every version of this library reads (`name:X`
+    /// as plain `X`): what the worker sends to the primary's long poll, whose
+    /// library may be older (a rolling upgrade).
+    pub fn canonical(&self) -> String {
+        self.selectors
+            .iter()
+            .map(|s| match s {
+                SlotSelector::Name(n) => n.clone(),
+                SlotSelector::NameLike(p) => format!("name_like:{p}"),
+                SlotSelector::Plugin(p) => format!("plugin:{p}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether a slot of this name can be selected by some plugin (false: the
     /// filter excludes the name whatever the slot's plugin).
     pub fn may_select_name(&self, name: &str) -> bool {
@@ -398,6 +413,9 @@ mod tests {
             ]
         );
         assert!(f.selects("s2", "test_decoding"));
+        // Sent to the primary in the syntax 0.1.0 reads; it parses back the same.
+        assert_eq!(f.canonical(), "s1, name_like:cdc_%, plugin:pgoutput, s2");
+        assert_eq!(SlotFilter::parse(&f.canonical()).unwrap(), f);
         // name: is exact, never a pattern.
         assert!(!SlotFilter::parse("name:s_").unwrap().selects("sx", "x"));
         assert!(SlotFilter::parse("name:Bad-Name")

@@ -89,6 +89,10 @@ pub extern "C-unwind" fn sync_logical_slot_worker_main(_arg: pg_sys::Datum) {
     Worker::default().run()
 }
 
+/// Earlier versions of the extension whose SQL functions this library still
+/// serves (api.rs keeps their C symbols).
+const SERVED_PREVIOUS_VERSIONS: &[&str] = &["0.1.0"];
+
 /// The extension's objects in the worker's database may be of an older
 /// version than this library (a rolling upgrade: the new library on the
 /// standbys first, the primary later): they keep working (api.rs serves the
@@ -119,16 +123,30 @@ fn check_extension_version(database: &str) {
         }
     };
     let library = env!("CARGO_PKG_VERSION");
-    if let Some(v) = installed.filter(|v| v != library) {
+    let Some(v) = installed.filter(|v| v != library) else {
+        return;
+    };
+    let message = format!(
+        "the sync_logical_slot extension in database \"{database}\" is version {v}, the library {library}"
+    );
+    if SERVED_PREVIOUS_VERSIONS.contains(&v.as_str()) {
         log(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            &format!(
-                "the sync_logical_slot extension in database \"{database}\" is version {v}, the library {library}"
-            ),
+            &message,
             Some(format!(
                 "The library serves version {v}'s SQL functions until the extension is updated; version {library}'s additions are missing meanwhile."
             )),
             Some("Run ALTER EXTENSION sync_logical_slot UPDATE on the primary, in every database that has the extension, once every server runs the new library: it reaches the standbys through replication."),
+        );
+    } else {
+        crate::report::warning(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            &message,
+            Some(format!(
+                "This library serves version {library}'s SQL functions and those of {}; functions of version {v} may fail.",
+                SERVED_PREVIOUS_VERSIONS.join(", ")
+            )),
+            Some("Install the library of the extension's version, or update the extension to this library's version (ALTER EXTENSION sync_logical_slot UPDATE TO '<version>')."),
         );
     }
 }
@@ -582,7 +600,8 @@ impl Worker {
         let timeout = timeout.unwrap_or_default().min(LONG_POLL_MAX);
         let since = self.remote_fingerprint;
         let physical = guc::server_setting(c"primary_slot_name");
-        let slot_names = guc::slot_names();
+        // In the syntax any version of the primary's library reads.
+        let slot_names = guc::slot_filter().unwrap_or_default().canonical();
         let primary = self.primary.as_mut().expect("matched above");
         // No snapshot: the wait may last seconds, and a snapshot held here
         // would hold back the primary's vacuum through hot_standby_feedback.

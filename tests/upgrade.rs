@@ -7,11 +7,14 @@
 //! With the extension's 0.1.0 objects still in the database, the new
 //! library serves them (0.1.0's readiness functions and status view work on
 //! the standby, the copy is synced) and the worker says an update is due.
-//! `ALTER EXTENSION sync_logical_slot UPDATE` on a then leaves exactly what a
-//! fresh install has on b: every function (arguments, result, strictness,
-//! volatility, parallel safety, C symbol, privileges, comment), the view
-//! (definition, columns, privileges, comment) and the extension's comment;
-//! the standby gets the new objects by replication.
+//! A view of the DBA's over the status view stops the update, named; once
+//! it is dropped, `ALTER EXTENSION sync_logical_slot UPDATE` on a says which
+//! privileges to grant again and leaves exactly what a fresh install has on
+//! b: every function (arguments with their defaults, result, strictness,
+//! volatility, parallel safety, C symbol, owner, security, cost, settings,
+//! privileges, comment), the view (owner, options, columns, definition,
+//! privileges, comment) and the extension's comment; the standby gets the
+//! new objects by replication, and ready() without arguments still works.
 
 mod common;
 use common::*;
@@ -62,14 +65,15 @@ members AS (SELECT classid, objid FROM pg_depend, ext
                         AND (SELECT nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                               WHERE p.oid = objid) = 'tests'))
 SELECT string_agg(line, E'\n' ORDER BY line) FROM (
-  SELECT format('function %s(%s) returns %s strict=%s volatility=%s parallel=%s symbol=%s library=%s acl=%s comment=%s',
-                p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
-                p.proisstrict, p.provolatile, p.proparallel, p.prosrc, p.probin, p.proacl::text,
-                obj_description(p.oid, 'pg_proc')) AS line
+  SELECT format('function %s(%s) returns %s strict=%s volatility=%s parallel=%s symbol=%s library=%s owner=%s secdef=%s leakproof=%s cost=%s rows=%s config=%s acl=%s comment=%s',
+                p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+                p.proisstrict, p.provolatile, p.proparallel, p.prosrc, p.probin,
+                pg_get_userbyid(p.proowner), p.prosecdef, p.proleakproof, p.procost, p.prorows,
+                p.proconfig::text, p.proacl::text, obj_description(p.oid, 'pg_proc')) AS line
     FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
   UNION ALL
-  SELECT format('relation %s kind=%s columns=%s def=%s acl=%s comment=%s',
-                c.relname, c.relkind,
+  SELECT format('relation %s kind=%s owner=%s options=%s columns=%s def=%s acl=%s comment=%s',
+                c.relname, c.relkind, pg_get_userbyid(c.relowner), c.reloptions::text,
                 (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
                    FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped),
                 pg_get_viewdef(c.oid), c.relacl::text, obj_description(c.oid, 'pg_class'))
@@ -125,8 +129,37 @@ fn from_0_1_0_rolling_then_update_equals_a_fresh_install() {
         "0.1.0 has no slot list"
     );
 
+    // A DBA's own objects over what the update re-creates: a view stops it,
+    // named; privileges granted to another role are named to grant again.
+    a.sql("CREATE ROLE ha_gate");
+    a.sql("GRANT EXECUTE ON FUNCTION sync_logical_slot_ready() TO ha_gate");
+    a.sql("GRANT SELECT ON sync_logical_slot_status TO ha_gate");
+    a.sql("CREATE VIEW my_status AS SELECT slot_name FROM sync_logical_slot_status");
+    let refused = a
+        .try_sql("ALTER EXTENSION sync_logical_slot UPDATE")
+        .unwrap_err();
+    assert!(
+        refused.contains("objects of yours depend on them: view my_status"),
+        "{refused}"
+    );
+    a.sql("DROP VIEW my_status");
+
     // The update, on the primary; the standby gets it by replication.
-    a.sql("ALTER EXTENSION sync_logical_slot UPDATE");
+    let update = psql(a.port, "postgres")
+        .args(["-A", "-t", "-c", "ALTER EXTENSION sync_logical_slot UPDATE"])
+        .output()
+        .expect("psql");
+    let said = String::from_utf8_lossy(&update.stderr);
+    assert!(update.status.success(), "{said}");
+    for grant in [
+        "GRANT EXECUTE ON FUNCTION sync_logical_slot_ready(text[]) TO ha_gate",
+        "GRANT SELECT ON sync_logical_slot_status TO ha_gate",
+    ] {
+        assert!(
+            said.contains(grant),
+            "the update did not say {grant:?}:\n{said}"
+        );
+    }
     let b = dir.primary("b");
     b.start();
     b.sql("CREATE EXTENSION sync_logical_slot CASCADE");
@@ -141,6 +174,9 @@ fn from_0_1_0_rolling_then_update_equals_a_fresh_install() {
         "after ALTER EXTENSION UPDATE the catalog differs from a fresh install"
     );
     a1.wait_for_catchup(&a);
+    // A gate that calls ready() without arguments works on: the new
+    // function's slot list defaults to NULL.
+    assert_eq!(a1.sql("SELECT sync_logical_slot_ready()"), "t");
     assert_eq!(
         a1.sql("SELECT concat_ws(' ', ready, verdict_source) FROM sync_logical_slot_readiness(ARRAY['s'])"),
         "t pass"
