@@ -76,21 +76,8 @@ pub unsafe fn reserve_wal_from_redo() {
 /// This process holds a newly created slot with no WAL reserved yet.
 #[cfg(feature = "pg16")]
 pub unsafe fn reserve_wal_from_redo() {
-    // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
-    unsafe {
-        let slot = pg_sys::MyReplicationSlot;
-        let segment = pg_sys::wal_segment_size.max(1) as u64;
-        loop {
-            let lsn = pg_sys::GetRedoRecPtr();
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            (*slot).data.restart_lsn = lsn;
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-            pg_sys::ReplicationSlotsComputeRequiredLSN();
-            if pg_sys::XLogGetLastRemovedSegno() < lsn / segment {
-                break;
-            }
-        }
-    }
+    // SAFETY: MyReplicationSlot is ours (reserve_wal_from's contract).
+    unsafe { while !crate::slot::reserve_wal_from(pg_sys::GetRedoRecPtr()) {} }
 }
 
 /// A copy of a GUC string value, allocated the way this major's GUC code frees it.

@@ -467,7 +467,8 @@ pub fn create_temporary(
 /// # Safety
 /// This process holds a newly created slot with no WAL reserved yet.
 unsafe fn reserve_wal_at(wanted: Lsn) -> bool {
-    // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
+    // SAFETY: reads server globals; the caller holds the new slot, as
+    // reserve_wal_from requires.
     unsafe {
         let redo = pg_sys::GetRedoRecPtr();
         // With max_slot_wal_keep_size set, a copy reserved far back could be
@@ -475,31 +476,45 @@ unsafe fn reserve_wal_at(wanted: Lsn) -> bool {
         if !wanted.is_valid() || wanted.0 >= redo || pg_sys::max_slot_wal_keep_size_mb >= 0 {
             return false;
         }
-        let slot = pg_sys::MyReplicationSlot;
-        let segment = pg_sys::wal_segment_size.max(1) as u64;
-        let mut tli: pg_sys::TimeLineID = 0;
-        pg_sys::GetXLogReplayRecPtr(&mut tli);
-        let set = |lsn: u64| {
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            (*slot).data.restart_lsn = lsn;
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-            pg_sys::ReplicationSlotsComputeRequiredLSN();
-        };
-        set(wanted.0);
-        if pg_sys::XLogGetLastRemovedSegno() < wanted.0 / segment
+        if reserve_wal_from(wanted.0)
             && crate::walfiles::held_from(
                 std::path::Path::new("pg_wal"),
                 wanted,
                 Lsn(redo),
-                tli,
-                segment,
+                crate::readiness::timeline(),
+                segment_size(),
             )
         {
             return true;
         }
-        set(0);
+        reserve_wal_from(0);
         false
     }
+}
+
+/// Publishes `lsn` as the restart_lsn of the slot this process holds and
+/// recomputes the WAL every slot keeps; then whether its segment is still
+/// there (not removed by a restartpoint that ran before it was published).
+/// 0 gives the reservation up.
+///
+/// # Safety
+/// This process holds a slot (MyReplicationSlot) it may reserve WAL for.
+pub unsafe fn reserve_wal_from(lsn: u64) -> bool {
+    // SAFETY: MyReplicationSlot is ours; fields are written under its spinlock.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).data.restart_lsn = lsn;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+        pg_sys::XLogGetLastRemovedSegno() < lsn / segment_size()
+    }
+}
+
+/// The WAL segment size of this server.
+pub fn segment_size() -> u64 {
+    // SAFETY: a global set once at start.
+    unsafe { pg_sys::wal_segment_size.max(1) as u64 }
 }
 
 /// Fault injection for a pg_test: the next `create_temporary` raises an
@@ -537,13 +552,9 @@ unsafe fn snapshot_of(slot: *mut pg_sys::ReplicationSlot) -> Local {
 pub fn advance(name: &str, target: &Target, persist: bool) -> Result<(), SyncError> {
     let guard = Acquired::new(name);
     let slot = guard.slot();
-    // SAFETY: reads shared counters (before the slot's spinlock: this takes another).
-    let (removed_segno, segment) = unsafe {
-        (
-            pg_sys::XLogGetLastRemovedSegno(),
-            pg_sys::wal_segment_size.max(1) as u64,
-        )
-    };
+    // SAFETY: reads a shared counter (before the slot's spinlock: this takes another).
+    let removed_segno = unsafe { pg_sys::XLogGetLastRemovedSegno() };
+    let segment = segment_size();
     // SAFETY: the slot is acquired by this process; fields under its spinlock.
     // The write is merged with what the slot holds now (plan::merge: nothing
     // moves back), so a session's advance made since the plan read the copy

@@ -45,9 +45,8 @@ pub fn parse_history(text: &str) -> Option<Vec<Switch>> {
         }
         let mut fields = line.split_whitespace();
         let tli = fields.next()?.parse::<u32>().ok()?;
-        let (hi, lo) = fields.next()?.split_once('/')?;
-        let end = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
-        out.push(Switch { tli, end: Lsn(end) });
+        let end = fields.next()?.parse::<Lsn>().ok()?;
+        out.push(Switch { tli, end });
     }
     Some(out)
 }
